@@ -1,0 +1,71 @@
+"""The agent's settings: one frozen object built once from the environment at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sdlab import envvars
+from sdlab.aws import AwsTarget
+from sdlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    runtime_name: str
+    runtime_type: str
+    runtime_url: str
+    queue_url: str
+    dlq_url: str | None
+    bucket: str
+    task_table: str
+    results_topic_arn: str
+    target: AwsTarget
+    visibility_timeout_seconds: int = 120
+    wait_time_seconds: int = 20
+    max_receive_count: int = 3
+    runtime_timeout_seconds: float = 600.0
+    runtime_ready_timeout_seconds: float = 600.0
+    health_port: int = 0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> AgentSettings:
+        """Read SDLAB_* variables; one ConfigError lists every missing or bad value."""
+        required = {
+            "runtime_name": envvars.AGENT_RUNTIME_NAME,
+            "runtime_url": envvars.AGENT_RUNTIME_URL,
+            "queue_url": envvars.AGENT_QUEUE_URL,
+            "bucket": envvars.BUCKET,
+            "task_table": envvars.TASK_TABLE,
+            "results_topic_arn": envvars.RESULTS_TOPIC_ARN,
+        }
+        problems = [f"{name} is not set" for name in required.values() if not env.get(name)]
+        numbers = {
+            "visibility_timeout_seconds": (envvars.AGENT_VISIBILITY_TIMEOUT_SECONDS, int),
+            "wait_time_seconds": (envvars.AGENT_WAIT_TIME_SECONDS, int),
+            "max_receive_count": (envvars.AGENT_MAX_RECEIVE_COUNT, int),
+            "runtime_timeout_seconds": (envvars.AGENT_RUNTIME_TIMEOUT_SECONDS, float),
+            "health_port": (envvars.AGENT_HEALTH_PORT, int),
+        }
+        parsed: dict[str, object] = {}
+        for field, (name, kind) in numbers.items():
+            if env.get(name):
+                try:
+                    parsed[field] = kind(env[name])
+                except ValueError:
+                    problems.append(f"{name}={env[name]!r} is not a number")
+        runtime_type = env.get(envvars.AGENT_RUNTIME_TYPE, "sdwebui")
+        if runtime_type not in ("sdwebui", "comfyui", "diffusers"):
+            problems.append(f"{envvars.AGENT_RUNTIME_TYPE}={runtime_type!r}; use sdwebui, comfyui or diffusers")
+        if problems:
+            raise ConfigError(problems, "queue agent environment")
+        return cls(
+            **{field: env[name] for field, name in required.items()},
+            runtime_type=runtime_type,
+            dlq_url=env.get(envvars.AGENT_DLQ_URL) or None,
+            target=AwsTarget.from_env(),
+            log_level=env.get(envvars.AGENT_LOG_LEVEL, "INFO"),
+            **parsed,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,1 @@
+"""The HTTP API: Lambda handlers, request validation, and the local API Gateway."""

@@ -1,0 +1,218 @@
+"""Lambda handlers behind API Gateway (REST, proxy integration): `POST /v1/tasks`, `GET /v1/tasks/{id}`.
+
+`handler` is the Lambda entry point (API Gateway `/{proxy+}` ANY → this function). It takes a proxy event and
+returns a proxy response, on AWS and behind the local gateway alike. Settings come from SDLAB_* environment
+variables, read once per cold start; clients are built on first use and reused across invocations.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sdlab import envvars
+from sdlab.api import validation
+from sdlab.aws import AwsTarget, client
+from sdlab.config import Limits
+from sdlab.contracts import TaskMessage, check_task_id, image_key, new_task_id, output_prefix
+from sdlab.errors import ConfigError, ValidationError
+from sdlab.taskstore import TaskExists, TaskStore
+
+log = logging.getLogger(__name__)
+PRESIGN_SECONDS = 3600
+_TASK_PATH = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/?$")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the API function needs to know, from its environment."""
+
+    target: AwsTarget
+    table: str
+    tasks_topic_arn: str
+    bucket: str
+    output_prefix: str
+    runtimes: Mapping[str, str]  # name -> runtime type
+    limits: Limits
+    status_base_url: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiSettings:
+        missing = [n for n in (envvars.TASK_TABLE, envvars.TASKS_TOPIC_ARN, envvars.BUCKET, envvars.RUNTIMES) if not env.get(n)]
+        if missing:
+            raise ConfigError([f"environment variable {n} is not set" for n in missing], "API function")
+        try:
+            runtimes = {name: spec["type"] for name, spec in json.loads(env[envvars.RUNTIMES]).items()}
+            limits = Limits.model_validate_json(env.get(envvars.LIMITS) or "{}")
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError([f"{envvars.RUNTIMES}/{envvars.LIMITS} is not valid JSON of the expected shape: {err}"]) from err
+        return cls(
+            target=AwsTarget.from_env(),
+            table=env[envvars.TASK_TABLE],
+            tasks_topic_arn=env[envvars.TASKS_TOPIC_ARN],
+            bucket=env[envvars.BUCKET],
+            output_prefix=env.get(envvars.OUTPUT_PREFIX, "outputs"),
+            runtimes=runtimes,
+            limits=limits,
+            status_base_url=env.get(envvars.STATUS_BASE_URL) or None,
+        )
+
+
+@functools.cache
+def _settings() -> ApiSettings:
+    return ApiSettings.from_env()
+
+
+_CLIENTS: dict[int, tuple[TaskStore, Any, Any]] = {}
+
+
+def _clients(settings: ApiSettings) -> tuple[TaskStore, Any, Any]:
+    """Clients for these settings, built once per container and reused (Lambda keeps them warm)."""
+    if id(settings) not in _CLIENTS:
+        _CLIENTS[id(settings)] = (
+            TaskStore(client("dynamodb", settings.target), settings.table),
+            client("sns", settings.target),
+            client("s3", settings.target),
+        )
+    return _CLIENTS[id(settings)]
+
+
+def response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "body": json.dumps(body),
+    }
+
+
+def error(status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if field:
+        body["error"]["field"] = field
+    return response(status, body, headers)
+
+
+def _header(event: Mapping[str, Any], name: str) -> str | None:
+    for key, value in (event.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _base_url(event: Mapping[str, Any], settings: ApiSettings) -> str:
+    if settings.status_base_url:
+        return settings.status_base_url.rstrip("/")
+    ctx = event.get("requestContext") or {}
+    host = ctx.get("domainName") or _header(event, "Host") or "localhost"
+    stage = ctx.get("stage")
+    return f"https://{host}" + (f"/{stage}" if stage and stage != "$default" else "")
+
+
+def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """Validate, record as `queued`, publish with the `runtime` attribute, answer 202."""
+    body = event.get("body")
+    if event.get("isBase64Encoded") and body:
+        import base64
+
+        body = base64.b64decode(body)
+    data = validation.parse_body(body, _header(event, "Content-Type"), settings.limits)
+    request = validation.parse_request(data)
+    if request.runtime not in settings.runtimes:
+        return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
+    validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits)
+
+    # 1. the record first: a message must never exist for a task the status API cannot find
+    store, sns, _ = _clients(settings)
+    task_id = request.id or new_task_id()
+    prefix = request.prefix or settings.output_prefix
+    now = time.time()
+    location = f"s3://{settings.bucket}/{output_prefix(prefix, task_id)}"
+    try:
+        store.create({
+            "id": task_id, "runtime": request.runtime, "task_type": request.task_type, "prefix": prefix,
+            "priority": request.priority, "created_at": now, "output_location": location,
+            "ttl_seconds": request.ttl_seconds, "context": request.context,
+        })
+    except TaskExists:
+        return error(409, "task_exists", f"a task with id {task_id!r} was already submitted; omit `id` or choose a new one", "id")
+
+    # 2. publish; if that fails nothing was accepted, so the record goes too
+    message = TaskMessage(
+        id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
+        payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
+        callback_url=request.callback_url,
+    )
+    try:
+        sns.publish(
+            TopicArn=settings.tasks_topic_arn,
+            Message=message.model_dump_json(exclude_none=True),
+            MessageAttributes={
+                "runtime": {"DataType": "String", "StringValue": request.runtime},
+                "priority": {"DataType": "String", "StringValue": request.priority},
+            },
+        )
+    except Exception:  # any publish failure: undo and tell the client to retry
+        log.exception("publish failed for task %s", task_id)
+        store.delete(task_id)
+        return error(503, "publish_failed", "the task could not be queued; retry the request")
+    log.info("accepted task %s for runtime %s", task_id, request.runtime)
+    return response(202, {
+        "id": task_id,
+        "status": "queued",
+        "status_url": f"{_base_url(event, settings)}/v1/tasks/{task_id}",
+        "output_location": location,
+    })
+
+
+def get_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
+    """Status, timings, error and presigned image URLs of one task."""
+    try:
+        check_task_id(task_id)
+    except ValueError as err:
+        raise ValidationError("id", str(err)) from err
+    store, _, s3 = _clients(settings)
+    record = store.get(task_id)
+    if record is None:
+        return error(404, "unknown_task", f"no task with id {task_id!r}; check the id returned by POST /v1/tasks", "id")
+    record.pop("expires_at", None)
+    record["image_urls"] = [
+        s3.generate_presigned_url(
+            "get_object", Params={"Bucket": settings.bucket, "Key": image_key(record["prefix"], task_id, n)},
+            ExpiresIn=PRESIGN_SECONDS,
+        )
+        for n in range(int(record.get("image_count", 0)))
+    ]
+    return response(200, record)
+
+
+def route(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    method = (event.get("httpMethod") or "").upper()
+    path = event.get("path") or "/"
+    if path.rstrip("/") == "/v1/tasks":
+        if method == "POST":
+            return submit(event, settings)
+        return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks; use POST", headers={"Allow": "POST"})
+    match = _TASK_PATH.match(path)
+    if match:
+        if method == "GET":
+            return get_task(match["id"], settings)
+        return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks/{{id}}; use GET", headers={"Allow": "GET"})
+    return error(404, "not_found", f"no route {path}; the API serves POST /v1/tasks and GET /v1/tasks/{{id}}")
+
+
+def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """Lambda entry point: API Gateway proxy event in, proxy response out."""
+    try:
+        return route(event, _settings())
+    except ValidationError as err:
+        return error(err.status, "invalid_request", str(err), err.field)
+    except Exception:  # the client gets a clean 500; the trace goes to the log (never the body or key)
+        log.exception("unhandled error for %s %s", event.get("httpMethod"), event.get("path"))
+        return error(500, "internal_error", "the request failed inside the API; retry, and report it if it persists")

@@ -1,0 +1,203 @@
+"""Request validation for `POST /v1/tasks`: every error names the field and the fix.
+
+Checks run in order and stop at the first problem in a field group, but pydantic's envelope errors are all
+reported (`problems`), so a client sees everything wrong with the top-level shape at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from sdlab.config import Limits
+from sdlab.contracts import SubmitRequest
+from sdlab.errors import ValidationError
+
+# A1111 sampler names the runtimes accept (SD WebUI `modules/sd_samplers*.py` titles).
+SAMPLERS = (
+    "Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE",
+    "DPM++ SDE Karras", "DPM++ 2S a", "DDIM", "PLMS", "PNDM", "UniPC", "LCM",
+)
+TASK_TYPES_BY_RUNTIME = {
+    "sdwebui": ("text-to-image", "image-to-image", "extra-single-image"),
+    "diffusers": ("text-to-image", "image-to-image"),
+    "comfyui": ("pipeline",),
+}
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
+
+
+def parse_body(body: str | bytes | None, content_type: str | None, limits: Limits) -> dict[str, Any]:
+    """Size, media type and JSON checks on the raw body."""
+    raw = body.encode() if isinstance(body, str) else (body or b"")
+    if len(raw) > limits.max_request_bytes:
+        raise ValidationError(
+            "body", f"{len(raw)} bytes is over the {limits.max_request_bytes}-byte limit (the SNS message limit); "
+            "send init images as s3:// URIs instead of base64", status=413,
+        )
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise ValidationError(
+            "Content-Type", f"{media or 'none'} is not supported; send the body as JSON with "
+            "'Content-Type: application/json'", status=415,
+        )
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValidationError("body", f"not valid JSON ({err}); send a JSON object") from err
+    if not isinstance(data, dict):
+        raise ValidationError("body", f"a JSON {type(data).__name__} was sent; send a JSON object with `runtime` and `payload`")
+    return data
+
+
+def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept the public guidance's v1alpha2 shape `{"task": {"metadata": ..., "content": ...}}`."""
+    if set(data) != {"task"} or not isinstance(data["task"], Mapping):
+        return data
+    task = data["task"]
+    meta = task.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise ValidationError("task.metadata", "missing or not an object; give {id, runtime, tasktype, prefix}")
+    if "content" not in task:
+        raise ValidationError("task.content", "missing; put the runtime's native request body there")
+    upgraded: dict[str, Any] = {
+        "runtime": meta.get("runtime"),
+        "task_type": meta.get("tasktype", "text-to-image"),
+        "payload": task["content"],
+    }
+    for key in ("id", "prefix", "context"):
+        if meta.get(key) not in (None, ""):
+            upgraded[key] = meta[key]
+    return upgraded
+
+
+def parse_request(data: dict[str, Any]) -> SubmitRequest:
+    """Validate the envelope; all of its problems are listed in the error message."""
+    try:
+        return SubmitRequest.model_validate(upgrade_legacy(data))
+    except PydanticValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "body"
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                msg = "unknown field; remove it (allowed: " + ", ".join(SubmitRequest.model_fields) + ")"
+            elif e["type"] == "missing":
+                msg = "required; add it"
+            problems.append((field, msg))
+        first_field = problems[0][0]
+        raise ValidationError(first_field, "; ".join(f"{f}: {m}" for f, m in problems).removeprefix(f"{first_field}: ")) from err
+
+
+def check_task_type(request: SubmitRequest, runtime_type: str) -> None:
+    allowed = TASK_TYPES_BY_RUNTIME[runtime_type]
+    if request.task_type not in allowed:
+        raise ValidationError(
+            "task_type", f"{request.task_type!r} is not served by {runtime_type} runtime {request.runtime!r}; use one of {list(allowed)}"
+        )
+
+
+def _int(payload: Mapping[str, Any], key: str, lo: int, hi: int, default: int, fix: str = "") -> int:
+    value = payload.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"payload.{key}", f"must be an integer, got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValidationError(f"payload.{key}", f"{value} is out of range; use {lo}..{hi}{fix}")
+    return value
+
+
+def _number(payload: Mapping[str, Any], key: str, lo: float, hi: float) -> None:
+    value = payload.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(f"payload.{key}", f"must be a number, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValidationError(f"payload.{key}", f"{value} is out of range; use {lo}..{hi}")
+
+
+def _string(payload: Mapping[str, Any], key: str, max_len: int = 20000) -> None:
+    value = payload.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"payload.{key}", f"must be a string, got {type(value).__name__}")
+    if value is not None and len(value) > max_len:
+        raise ValidationError(f"payload.{key}", f"{len(value)} characters; keep it under {max_len}")
+
+
+def check_image(field: str, value: Any) -> None:
+    """An input image is base64 (optionally a data: URL). URLs are never fetched by the service."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, "must be a base64-encoded PNG/JPEG/WebP string")
+    if value.startswith(("http://", "https://", "s3://", "file:")):
+        raise ValidationError(field, "URLs are not fetched by the service; send the image as base64")
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValidationError(field, "is not valid base64; encode the image bytes with base64") from err
+    if not raw.startswith(_IMAGE_MAGIC):
+        raise ValidationError(field, "decodes to bytes that are not a PNG, JPEG, WebP or GIF image")
+
+
+def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limits) -> None:
+    """The A1111 txt2img/img2img fields the runtimes use, with the project's limits."""
+    _string(payload, "prompt")
+    _string(payload, "negative_prompt")
+    _string(payload, "sampler_name", 64)
+    sampler = payload.get("sampler_name")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValidationError("payload.sampler_name", f"{sampler!r} is unknown; use one of {list(SAMPLERS)}")
+    _int(payload, "steps", 1, limits.max_steps, 20)
+    _number(payload, "cfg_scale", 0, 30)
+    _number(payload, "denoising_strength", 0, 1)
+    side = limits.max_side_px
+    width = _int(payload, "width", 64, side, 512, "; it must be a multiple of 8")
+    height = _int(payload, "height", 64, side, 512, "; it must be a multiple of 8")
+    for key, value in (("width", width), ("height", height)):
+        if value % 8:
+            raise ValidationError(f"payload.{key}", f"{value} is not a multiple of 8; use {value - value % 8} or {value + 8 - value % 8}")
+    if width * height > limits.max_pixels:
+        raise ValidationError("payload.width", f"{width}x{height} is over the {limits.max_pixels}-pixel limit; lower width or height")
+    _int(payload, "seed", -1, 2**32 - 1, -1)
+    batch = _int(payload, "batch_size", 1, limits.max_images_per_task, 1)
+    n_iter = _int(payload, "n_iter", 1, limits.max_images_per_task, 1)
+    if batch * n_iter > limits.max_images_per_task:
+        raise ValidationError("payload.batch_size", f"batch_size x n_iter = {batch * n_iter} images; keep it at most {limits.max_images_per_task}")
+    settings = payload.get("override_settings")
+    if settings is not None and not isinstance(settings, Mapping):
+        raise ValidationError("payload.override_settings", "must be an object, e.g. {\"sd_model_checkpoint\": \"name\"}")
+    images = payload.get("init_images")
+    if task_type == "image-to-image":
+        if not isinstance(images, list) or not images:
+            raise ValidationError("payload.init_images", "image-to-image needs a non-empty list of base64 images")
+    if images is not None:
+        if not isinstance(images, list):
+            raise ValidationError("payload.init_images", "must be a list of base64 images")
+        for i, image in enumerate(images):
+            check_image(f"payload.init_images.{i}", image)
+    if task_type == "extra-single-image":
+        check_image("payload.image", payload.get("image"))
+
+
+def check_workflow(payload: Mapping[str, Any]) -> None:
+    """A ComfyUI API-format workflow: {node_id: {"class_type": str, "inputs": {...}}}."""
+    graph = payload.get("prompt", payload)
+    if not isinstance(graph, Mapping) or not graph:
+        raise ValidationError("payload", "a pipeline task needs a ComfyUI API-format workflow ('Save (API format)')")
+    for node_id, node in graph.items():
+        if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
+            raise ValidationError(f"payload.{node_id}", "each node needs a string `class_type` and an `inputs` object")
+        if not isinstance(node.get("inputs", {}), Mapping):
+            raise ValidationError(f"payload.{node_id}.inputs", "must be an object")
+
+
+def validate_payload(request: SubmitRequest, runtime_type: str, limits: Limits) -> None:
+    check_task_type(request, runtime_type)
+    if request.task_type == "pipeline":
+        check_workflow(request.payload)
+    else:
+        check_webui_payload(request.task_type, request.payload, limits)

@@ -1,0 +1,53 @@
+"""boto3 clients for one target: the moto server on loopback (local) or real AWS.
+
+Every AWS call in the project goes through `client()`, so the endpoint comes from one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from sdlab import envvars
+
+# moto accepts any credentials; these are not secrets, they only keep botocore from looking for real ones.
+_LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+_RETRIES = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+
+
+@dataclass(frozen=True)
+class AwsTarget:
+    """Where AWS calls go. `endpoint_url` is set only for the local moto server."""
+
+    region: str
+    endpoint_url: str | None = None
+
+    @classmethod
+    def from_env(cls, region: str | None = None, endpoint_url: str | None = None) -> AwsTarget:
+        return cls(
+            region=region or os.environ.get(envvars.REGION) or os.environ.get("AWS_REGION") or "us-east-1",
+            endpoint_url=endpoint_url or os.environ.get(envvars.AWS_ENDPOINT_URL) or None,
+        )
+
+    @property
+    def local(self) -> bool:
+        return self.endpoint_url is not None
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that must reach the same target."""
+        out = {envvars.REGION: self.region, "AWS_DEFAULT_REGION": self.region}
+        if self.endpoint_url:
+            out[envvars.AWS_ENDPOINT_URL] = self.endpoint_url
+        return out
+
+
+def client(service: str, target: AwsTarget, **kwargs: Any) -> Any:
+    """A boto3 client for `service` on `target`."""
+    extra: dict[str, Any] = {}
+    if target.endpoint_url:
+        extra = {"endpoint_url": target.endpoint_url, **_LOCAL_CREDENTIALS}
+    return boto3.session.Session().client(service, region_name=target.region, config=_RETRIES, **extra, **kwargs)

@@ -1,0 +1,146 @@
+"""`sdlab.Client`: submit tasks over the HTTP API, wait for their notifications, fetch their images.
+
+Notifications arrive on a private SQS queue (the client's inbox) subscribed to the `results` topic, the way a
+user's own service would consume them. The inbox is made on first submit, so no notification can be missed,
+and deleted by `close()` (the client is a context manager).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sdlab.aws import AwsTarget, client
+from sdlab.contracts import Notification
+from sdlab.errors import SdlabError
+from sdlab.local.stack import read_stack
+from sdlab.provision import allow_topic_to_send, ensure_queue, ensure_subscription
+
+
+class ApiError(SdlabError):
+    """The API refused a request; `status`, `field` and `message` come from its answer."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        self.status = status
+        self.field = err.get("field")
+        self.message = err.get("message") or (body.get("message") if isinstance(body, dict) else str(body))
+        super().__init__(f"HTTP {status}: {self.message}")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: str
+    runtime: str
+    status_url: str
+    output_location: str
+    submitted_at: float
+
+
+class Client:
+    def __init__(self, api_url: str, api_key: str, target: AwsTarget, bucket: str, results_topic_arn: str,
+                 stack: str = "sdlab") -> None:
+        self.api_url = api_url.rstrip("/")
+        self.target = target
+        self.bucket = bucket
+        self._http = httpx.Client(headers={"x-api-key": api_key}, timeout=30.0)
+        self._results_topic_arn = results_topic_arn
+        self._stack = stack
+        self._sqs = client("sqs", target)
+        self._s3 = client("s3", target)
+        self._inbox: tuple[str, str] | None = None  # (queue url, subscription arn)
+        self._seen: dict[str, Notification] = {}
+
+    @classmethod
+    def from_stack(cls, home: str | None = None) -> Client:
+        """A client for the local stack started by `sdlab up`."""
+        stack = read_stack(home)
+        if stack is None:
+            raise SdlabError("no local stack is running; start one with `sdlab up`")
+        return cls(stack["api_url"], stack["api_key"], AwsTarget(stack["region"], stack["aws_endpoint_url"]),
+                   stack["bucket"], stack["results_topic_arn"], stack["stack"])
+
+    # -- inbox -------------------------------------------------------------------------------------
+    def _ensure_inbox(self) -> str:
+        if self._inbox is None:
+            name = f"{self._stack}-inbox-{uuid.uuid4().hex[:12]}"
+            url, arn = ensure_queue(self._sqs, name, {"MessageRetentionPeriod": "3600"}, self._stack)
+            allow_topic_to_send(self._sqs, url, arn, self._results_topic_arn)
+            sub = ensure_subscription(client("sns", self.target), self._results_topic_arn, arn, None)
+            self._inbox = (url, sub)
+        return self._inbox[0]
+
+    def close(self) -> None:
+        """Delete the inbox queue and its subscription."""
+        if self._inbox is not None:
+            url, sub = self._inbox
+            client("sns", self.target).unsubscribe(SubscriptionArn=sub)
+            self._sqs.delete_queue(QueueUrl=url)
+            self._inbox = None
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- API ---------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        reply = self._http.request(method, f"{self.api_url}{path}", **kwargs)
+        body = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else reply.text
+        if reply.status_code >= 400:
+            raise ApiError(reply.status_code, body)
+        return body
+
+    def submit(self, runtime: str, prompt: str | None = None, *, payload: dict[str, Any] | None = None,
+               task_type: str = "text-to-image", **fields: Any) -> Submitted:
+        """Submit one task. `prompt` fills `payload.prompt`; other keyword arguments are request fields
+        (`id`, `priority`, `ttl_seconds`, `callback_url`, `context`, `prefix`)."""
+        self._ensure_inbox()
+        body_payload = dict(payload or {})
+        if prompt is not None:
+            body_payload["prompt"] = prompt
+        body = {"runtime": runtime, "task_type": task_type, "payload": body_payload, **fields}
+        answer = self._call("POST", "/v1/tasks", json=body)
+        return Submitted(answer["id"], runtime, answer["status_url"], answer["output_location"], time.time())
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        """The task record: status, timings, error, presigned image URLs."""
+        return self._call("GET", f"/v1/tasks/{task_id}")
+
+    def wait(self, task_ids: list[str] | str, timeout: float = 300.0) -> dict[str, Notification]:
+        """Block until a notification for every id arrived (or raise TimeoutError naming the missing ones)."""
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        inbox = self._ensure_inbox()
+        deadline = time.monotonic() + timeout
+        while any(i not in self._seen for i in ids):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [i for i in ids if i not in self._seen]
+                raise TimeoutError(f"no notification within {timeout:.0f} s for {len(missing)} task(s): {missing[:5]}")
+            out = self._sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10, WaitTimeSeconds=min(5, max(1, int(left))))
+            for msg in out.get("Messages", []):
+                note = Notification.model_validate(json.loads(msg["Body"]))
+                self._seen[note.id] = note
+                self._sqs.delete_message(QueueUrl=inbox, ReceiptHandle=msg["ReceiptHandle"])
+        return {i: self._seen[i] for i in ids}
+
+    def image_bytes(self, note: Notification) -> list[bytes]:
+        out = []
+        for uri in note.images:
+            bucket, key = uri.removeprefix("s3://").split("/", 1)
+            out.append(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return out
+
+    def images(self, note: Notification) -> list[Any]:
+        """The task's images as PIL images."""
+        from PIL import Image
+
+        return [Image.open(io.BytesIO(data)) for data in self.image_bytes(note)]

@@ -1,0 +1,179 @@
+"""`sdlab up` / `down` / `status`: the whole stack as local processes on 127.0.0.1.
+
+`up` runs, in order: 1. the moto server (AWS APIs); 2. provisioning (the same `ensure_*` as on AWS);
+3. models (build, upload under the model prefix, sync down as Mountpoint would present them);
+4. the API gateway; 5. one runtime per configured runtime; 6. one queue agent beside each.
+It returns when every part answers its health check and writes `<home>/stack.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdlab import envvars
+from sdlab.aws import AwsTarget, client
+from sdlab.config import Settings
+from sdlab.errors import StackError
+from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
+from sdlab.models import build_or_locate, sync_models, upload_model, uploaded
+from sdlab.provision import provision
+from sdlab.wiring import agent_environment, api_environment
+
+log = logging.getLogger(__name__)
+STACK_FILE = "stack.json"
+START_TIMEOUT_SECONDS = 600.0
+
+
+def home_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    """Explicit > $SDLAB_HOME > ./.sdlab"""
+    return Path(home or os.environ.get(envvars.HOME) or ".sdlab").resolve()
+
+
+def read_stack(home: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    path = home_dir(home) / STACK_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclass
+class _Starting:
+    """Processes started so far, so a failed `up` can stop exactly those."""
+
+    procs: list[Proc]
+    popens: dict[str, subprocess.Popen[bytes]]
+
+    def start(self, name: str, args: list[str], env: dict[str, str], logs: Path, url: str | None = None) -> Proc:
+        proc, popen = spawn(name, args, env, logs / f"{name}.log", url)
+        self.procs.append(proc)
+        self.popens[name] = popen
+        return proc
+
+    def wait(self, proc: Proc, url: str, timeout: float) -> None:
+        wait_until(http_ok(url), self.popens[proc.name], proc, timeout)
+
+
+def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """Bring the local stack up; returns what is written to stack.json."""
+    root = home_dir(home)
+    existing = read_stack(root)
+    if existing and any(alive(p["pid"]) for p in existing["processes"]):
+        raise StackError(f"a stack is already running from {root}; run `sdlab down` first")
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = _Starting([], {})
+    t0 = time.monotonic()
+    try:
+        # 1. AWS APIs
+        moto_port = free_port()
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        moto = started.start("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)], {}, logs, endpoint)
+        started.wait(moto, f"{endpoint}/moto-api/", 60)
+        target = AwsTarget(region=settings.stack.region, endpoint_url=endpoint)
+
+        # 2. queues, topics, table, bucket
+        resources = provision(settings, target)
+
+        # 3. models: build/locate, upload, sync down as the mounted model prefix
+        s3 = client("s3", target)
+        for model in {rt.model.name: rt.model for rt in settings.runtimes}.values():
+            if not uploaded(s3, resources.bucket, settings.stack.model_prefix, model.name):
+                upload_model(s3, resources.bucket, settings.stack.model_prefix, model.name,
+                             build_or_locate(model, root / "cache" / "models"))
+        models_dir = root / "mnt" / settings.stack.model_prefix
+        sync_models(s3, resources.bucket, settings.stack.model_prefix, models_dir)
+
+        # 4. API gateway + Lambda handler
+        api_key = secrets.token_urlsafe(24)
+        api_port = free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        gateway_env = {**api_environment(settings, resources, target), envvars.API_KEYS: api_key,
+                       envvars.STATUS_BASE_URL: api_url}
+        gateway = started.start("gateway", ["-m", "sdlab.api.gateway", "--port", str(api_port)], gateway_env, logs, api_url)
+
+        # 5. runtimes (started together: model loading overlaps)
+        threads = max(1, (os.cpu_count() or 2) // len(settings.runtimes))
+        runtimes: dict[str, dict[str, Any]] = {}
+        for rt in settings.runtimes:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            args = ["-m", "sdlab.runtime", "--models-dir", str(models_dir), "--model", rt.model.name,
+                    "--host", "127.0.0.1", "--port", str(port), "--threads", str(rt.torch_threads or threads)]
+            started.start(f"runtime-{rt.name}", args, {"HF_HUB_OFFLINE": "1"}, logs, url)
+            runtimes[rt.name] = {"type": rt.type, "model": rt.model.name, "runtime_url": url}
+        started.wait(gateway, f"{api_url}/_gateway/health", 60)
+        for rt in settings.runtimes:
+            proc = next(p for p in started.procs if p.name == f"runtime-{rt.name}")
+            started.wait(proc, f"{runtimes[rt.name]['runtime_url']}/healthz", timeout)
+
+        # 6. one agent beside each runtime
+        for rt in settings.runtimes:
+            health_port = free_port()
+            env = agent_environment(rt, resources, target, runtimes[rt.name]["runtime_url"], health_port)
+            proc = started.start(f"agent-{rt.name}", ["-m", "agent"], env, logs, f"http://127.0.0.1:{health_port}")
+            started.wait(proc, f"http://127.0.0.1:{health_port}/readyz", 60)
+            queue = resources.queues[rt.name]
+            runtimes[rt.name] |= {"queue_url": queue.url, "dlq_url": queue.dlq_url,
+                                  "agent_url": f"http://127.0.0.1:{health_port}"}
+    except BaseException:
+        stop(started.procs)
+        raise
+
+    stack = {
+        "stack": settings.stack.name,
+        "api_url": api_url,
+        "api_key": api_key,
+        "aws_endpoint_url": endpoint,
+        "region": target.region,
+        "bucket": resources.bucket,
+        "output_prefix": settings.stack.output_prefix,
+        "task_table": resources.table,
+        "tasks_topic_arn": resources.tasks_topic_arn,
+        "results_topic_arn": resources.results_topic_arn,
+        "runtimes": runtimes,
+        "processes": [p.to_dict() for p in started.procs],
+        "logs": str(logs),
+        "started_at": time.time(),
+        "startup_seconds": round(time.monotonic() - t0, 2),
+    }
+    (root / STACK_FILE).write_text(json.dumps(stack, indent=2))
+    log.info("stack up in %.1f s", stack["startup_seconds"])
+    return stack
+
+
+def down(home: str | os.PathLike[str] | None = None) -> list[str]:
+    """Stop every process `up` started (agents first, so they finish warm). Returns the names stopped."""
+    root = home_dir(home)
+    stack = read_stack(root)
+    if stack is None:
+        return []
+    procs = [Proc(**p) for p in stack["processes"]]
+    order = [p for p in procs if p.name.startswith("agent-")] + [p for p in procs if not p.name.startswith("agent-")]
+    still = stop([p for p in order if p.name.startswith("agent-")], timeout=30.0)
+    still += stop([p for p in order if not p.name.startswith("agent-")])
+    if still:
+        raise StackError(f"could not stop {still}; kill them by pid from {root / STACK_FILE}")
+    (root / STACK_FILE).unlink()
+    return [p.name for p in procs]
+
+
+def status(home: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Each process of the running stack with whether it is alive and healthy."""
+    stack = read_stack(home)
+    if stack is None:
+        return []
+    rows = []
+    for p in stack["processes"]:
+        url = p.get("url")
+        health = {"moto": "/moto-api/", "gateway": "/_gateway/health"}.get(p["name"])
+        if health is None:
+            health = "/readyz" if p["name"].startswith("agent-") else "/healthz"
+        running = alive(p["pid"])
+        rows.append({**p, "alive": running, "healthy": bool(running and url and http_ok(url + health)())})
+    return rows

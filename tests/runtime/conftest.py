@@ -1,0 +1,74 @@
+"""Fixtures for the runtime tests: tiny models built once, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Never reach for the hub, even by accident.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """Two different models: ``tiny-a`` (tiny, seed 0) and ``wide-b`` (tiny-wide, seed 1)."""
+    from sdlab.runtime.model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_model(root / "tiny-a", seed=0, variant="tiny")
+    build_tiny_model(root / "wide-b", seed=1, variant="tiny-wide")
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path, tmp_path_factory):
+    """``python -m sdlab.runtime`` on a free port; yields an httpx client once /healthz is 200."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [
+        sys.executable, "-m", "sdlab.runtime",
+        "--models-dir", str(models_dir), "--model", "tiny-a",
+        "--host", "127.0.0.1", "--port", str(port), "--threads", "2",
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after 60 s:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        client.log_path = log_path  # for tests that inspect the log
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
