@@ -124,8 +124,8 @@ def grace_seconds(runtime: RuntimeSettings, ctx: RenderContext) -> int:
     return runtime.queue.visibility_timeout_seconds + GRACE_MARGIN_SECONDS
 
 
-def check_context(settings: Settings, ctx: RenderContext) -> None:
-    """Raise ConfigError listing every value the context lacks for these runtimes."""
+def check_context(settings: Settings, ctx: RenderContext, only: RuntimeSettings | None = None) -> None:
+    """Raise ConfigError listing every value the context lacks for the config's runtimes (or just `only`)."""
     problems: list[str] = []
     for key in ("cluster_name", "agent_image", "results_topic_arn", "task_table", "node_role_name"):
         if not getattr(ctx, key):
@@ -133,7 +133,7 @@ def check_context(settings: Settings, ctx: RenderContext) -> None:
     if not _DNS_LABEL_RE.match(ctx.namespace or ""):
         problems.append(f"namespace: {ctx.namespace!r} is not a DNS label; use lowercase letters, digits and '-'")
     names = {rt.name for rt in settings.runtimes}
-    for rt in settings.runtimes:
+    for rt in [only] if only else settings.runtimes:
         if not ctx.queue_urls.get(rt.name):
             problems.append(f"queue_urls[{rt.name!r}]: missing; pass the URL of runtime {rt.name!r}'s queue")
         if not ctx.runtime_images.get(rt.type):
@@ -147,9 +147,7 @@ def check_context(settings: Settings, ctx: RenderContext) -> None:
         for name in sorted(set(getattr(ctx, key)) - names):
             problems.append(f"{key}[{name!r}]: no such runtime; configured: {sorted(names)}")
     if not re.fullmatch(r"v?\d+\.\d+\.\d+", ctx.bottlerocket_version):
-        problems.append(
-            f"bottlerocket_version: {ctx.bottlerocket_version!r} is not a pinned version such as 'v1.63.0'"
-        )
+        problems.append(f"bottlerocket_version: {ctx.bottlerocket_version!r} is not a pinned version such as 'v1.63.0'")
     if ctx.data_volume_gib < 20:
         problems.append(f"data_volume_gib: {ctx.data_volume_gib} is too small for GPU images; use 20 or more")
     if problems:

@@ -41,7 +41,10 @@ def manifest_path(obj: dict[str, Any]) -> Path:
     kind, name = obj.get("kind"), meta.get("name")
     if not (group and kind and name):
         raise ConfigError(
-            [f"object {kind}/{name} lacks kind, metadata.name or a {RUNTIME_LABEL}/{STACK_LABEL} label; render it with sdlab.k8s.render"],
+            [
+                f"object {kind}/{name} lacks kind, metadata.name or a {RUNTIME_LABEL}/{STACK_LABEL} label; "
+                "render it with sdlab.k8s.render"
+            ],
             "manifests",
         )
     return Path(group) / f"{str(kind).lower()}-{name}.yaml"

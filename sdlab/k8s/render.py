@@ -34,7 +34,7 @@ def render_runtime(settings: Settings, runtime: RuntimeSettings, ctx: RenderCont
     """Every object one runtime needs on EKS, in apply order."""
     if runtime not in settings.runtimes:
         raise ConfigError([f"runtime {runtime.name!r} is not in this config; configured: {[r.name for r in settings.runtimes]}"])
-    check_context(settings, ctx)
+    check_context(settings, ctx, only=runtime)
     return [
         service_account(settings, runtime, ctx),
         *model_volume(settings, runtime, ctx),

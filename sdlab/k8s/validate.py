@@ -74,11 +74,7 @@ def _close(node: Any) -> None:
         return
     if not isinstance(node, dict):
         return
-    if (
-        "properties" in node
-        and "additionalProperties" not in node
-        and not node.get("x-kubernetes-preserve-unknown-fields")
-    ):
+    if "properties" in node and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
         node["additionalProperties"] = False
     for key in ("properties", "patternProperties"):
         for child in (node.get(key) or {}).values():
@@ -235,7 +231,8 @@ def _set_problems(objects: list[dict[str, Any]]) -> list[str]:
             ref = spec.get("template", {}).get("spec", {}).get("nodeClassRef", {})
             wanted.append((ref.get("kind", ""), "", ref.get("name", "")))
         elif kind == "ScaledObject":
-            wanted.append((spec.get("scaleTargetRef", {}).get("kind", "Deployment"), ns, spec.get("scaleTargetRef", {}).get("name", "")))
+            target = spec.get("scaleTargetRef", {})
+            wanted.append((target.get("kind", "Deployment"), ns, target.get("name", "")))
             for trig in spec.get("triggers", []):
                 ref = trig.get("authenticationRef")
                 if ref:

@@ -118,6 +118,8 @@ def load_pipeline(
         if original_config is not None:
             kwargs["original_config"] = str(original_config)
         kwargs.pop("requires_safety_checker")
+        # from_single_file still spells it torch_dtype; with `dtype` it would load fp32 and cast afterwards.
+        kwargs["torch_dtype"] = kwargs.pop("dtype")
         try:
             pipe = StableDiffusionPipeline.from_single_file(str(model_path), **kwargs)
         except Exception as exc:

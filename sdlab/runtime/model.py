@@ -190,6 +190,112 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, variant: str = "tiny") -> 
     return out_dir
 
 
+_UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_FIXED = {"conv_norm_out": "norm_out"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key_to_ldm(key: str, lpb: int, has_attention: dict[int, bool]) -> str:
+    """Map one diffusers UNet key to the original LDM name (inverse of diffusers' converter)."""
+    parts = key.split(".")
+    for new, old in _UNET_FIXED.items():
+        if key.startswith(new + "."):
+            return old + key[len(new):]
+    if parts[0] in ("down_blocks", "up_blocks"):
+        block, kind = int(parts[1]), parts[2]
+        if kind == "downsamplers":
+            return f"input_blocks.{(lpb + 1) * (block + 1)}.0.op." + ".".join(parts[5:])
+        if kind == "upsamplers":
+            slot = 2 if has_attention[block] else 1
+            return f"output_blocks.{(lpb + 1) * block + lpb}.{slot}.conv." + ".".join(parts[5:])
+        layer = int(parts[3])
+        index = (lpb + 1) * block + layer + (1 if parts[0] == "down_blocks" else 0)
+        prefix = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+        rest = parts[4:]
+        if kind == "resnets":
+            rest[0] = _UNET_RESNET[rest[0]]
+            return f"{prefix}.{index}.0." + ".".join(rest)
+        return f"{prefix}.{index}.1." + ".".join(rest)
+    if parts[0] == "mid_block":
+        kind, layer, rest = parts[1], int(parts[2]), parts[3:]
+        if kind == "resnets":
+            rest[0] = _UNET_RESNET[rest[0]]
+            return f"middle_block.{2 * layer}." + ".".join(rest)
+        return "middle_block.1." + ".".join(rest)
+    raise ModelError(f"cannot map UNet weight {key!r} to the LDM layout")
+
+
+def _vae_key_to_ldm(key: str, n_blocks: int) -> str:
+    parts = key.split(".")
+    coder, rest = parts[0], parts[1:]
+    if rest[0] in _VAE_FIXED:
+        return f"{coder}.{_VAE_FIXED[rest[0]]}." + ".".join(rest[1:])
+    if rest[0] in ("down_blocks", "up_blocks"):
+        block = int(rest[1]) if rest[0] == "down_blocks" else n_blocks - 1 - int(rest[1])
+        name = "down" if rest[0] == "down_blocks" else "up"
+        if rest[2] in ("downsamplers", "upsamplers"):
+            return f"{coder}.{name}.{block}.{name}sample.conv." + ".".join(rest[5:])
+        tail = ".".join(rest[4:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{coder}.{name}.{block}.block.{rest[3]}.{tail}"
+    if rest[0] == "mid_block":
+        if rest[1] == "resnets":
+            tail = ".".join(rest[3:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{coder}.mid.block_{int(rest[2]) + 1}.{tail}"
+        tail = ".".join(rest[3:])
+        for new, old in _VAE_ATTENTION.items():
+            if tail.startswith(new + "."):
+                return f"{coder}.mid.attn_1.{old}{tail[len(new):]}"
+    return key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
+
+
+def to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's weights in the original SD 1.x single-file (LDM / A1111) layout."""
+    unet_cfg = pipe.unet.config
+    lpb = unet_cfg.layers_per_block
+    has_attention = {i: "CrossAttn" in t for i, t in enumerate(unet_cfg.up_block_types)}
+    n_vae = len(pipe.vae.config.block_out_channels)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in pipe.unet.state_dict().items():
+        out["model.diffusion_model." + _unet_key_to_ldm(key, lpb, has_attention)] = value
+    for key, value in pipe.vae.state_dict().items():
+        ldm = _vae_key_to_ldm(key, n_vae)
+        if ".mid.attn_1." in ldm and ldm.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's VAE attention uses 1×1 convs
+        out["first_stage_model." + ldm] = value
+    for key, value in pipe.text_encoder.state_dict().items():
+        # transformers ≥ 5.6 flattened CLIPTextModel; the original layout keeps `text_model.`.
+        if not key.startswith("text_model."):
+            key = "text_model." + key
+        out["cond_stage_model.transformer." + key] = value
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def export_single_file(model_dir: Path, out_file: Path) -> Path:
+    """Write a diffusers SD folder as one A1111-style ``.safetensors`` checkpoint.
+
+    Load it back with ``load_pipeline(out_file, config=model_dir)``: a single file
+    carries no configs or tokenizer, so the original folder supplies them.
+    """
+    from safetensors.torch import save_file
+
+    from sdlab.runtime.loader import load_pipeline
+
+    pipe = load_pipeline(Path(model_dir), device="cpu", dtype="fp32")
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(to_ldm_state_dict(pipe), str(out_file), metadata={"format": "pt", "sdlab_source": Path(model_dir).name})
+    logger.info("exported %s to single file %s", model_dir, out_file)
+    return out_file
+
+
 def read_model_info(model_dir: Path) -> dict | None:
     """Return the ``sdlab_model.json`` of a built model, or None for other models."""
     path = Path(model_dir) / MODEL_INFO_FILE

@@ -50,7 +50,7 @@ class Txt2ImgRequest(BaseModel):
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] | None = None
-    seed: int = -1
+    seed: int = Field(-1, ge=-1, lt=2**63)
     subseed: int = -1
     subseed_strength: float = 0.0
     sampler_name: str | None = None
@@ -136,11 +136,13 @@ class JobState:
         return {k: getattr(self, k) for k in keys}
 
     def progress(self) -> dict[str, Any]:
-        if self.job_count == 0:
+        # Read each field once: the generating thread may end the job while we compute.
+        job_count, steps = self.job_count, self.sampling_steps
+        if job_count == 0:
             return {"progress": 0.0, "eta_relative": 0.0, "state": self.as_dict(), "current_image": None, "textinfo": None}
-        done = 0.01 + self.job_no / self.job_count
-        if self.sampling_steps > 0:
-            done += self.sampling_step / self.sampling_steps / self.job_count
+        done = 0.01 + self.job_no / job_count
+        if steps > 0:
+            done += self.sampling_step / steps / job_count
         elapsed = time.time() - self.time_start
         eta = elapsed / done - elapsed
         return {
@@ -223,13 +225,25 @@ class Runtime:
         title = self.options["sd_model_checkpoint"]
         if overrides.get("sd_model_checkpoint"):
             title = self.registry.find(str(overrides["sd_model_checkpoint"])).title
-        clip_layers = int(overrides.get("CLIP_stop_at_last_layers", self.options["CLIP_stop_at_last_layers"]))
+        clip_layers = overrides.get("CLIP_stop_at_last_layers", self.options["CLIP_stop_at_last_layers"])
+        if not isinstance(clip_layers, int) or clip_layers < 1:
+            raise ValidationError(
+                "override_settings.CLIP_stop_at_last_layers", f"must be an integer ≥ 1, got {clip_layers!r}", 422
+            )
 
         with self.lock:
             base = self.registry.get(title)
+            ckpt = self.registry.find(title)
+            layers = base.text_encoder.config.num_hidden_layers
+            if clip_layers > layers + 1:
+                raise ValidationError(
+                    "override_settings.CLIP_stop_at_last_layers",
+                    f"{clip_layers} exceeds this model's text encoder ({layers} layers); use 1..{layers + 1}",
+                    422,
+                )
             if overrides.get("sd_model_checkpoint") and not req.override_settings_restore_afterwards:
                 self.options["sd_model_checkpoint"] = title
-            ckpt = self.registry.find(title)
+                self.options["sd_checkpoint_hash"] = self.registry.sha256(ckpt)
             scheduler = samplers.sampler_for(sampler_name, base.scheduler.config, req.scheduler)
             pipe = with_scheduler(base, scheduler, img2img=img2img)
             job = "img2img" if img2img else "txt2img"
@@ -238,7 +252,7 @@ class Runtime:
             try:
                 images, seeds = self._run(pipe, req, init_images, clip_layers)
             finally:
-                interrupted = self.state.interrupted
+                interrupted, timestamp = self.state.interrupted, self.state.job_timestamp
                 self.state.end()
             elapsed = time.perf_counter() - started
         logger.info(
@@ -247,7 +261,9 @@ class Runtime:
             len(images), req.width, req.height, req.steps, spec.name, title, elapsed,
             " (interrupted)" if interrupted else "",
         )
-        return self._response(req, images, seeds, ckpt, sampler_name, clip_layers, interrupted, img2img)
+        run = {"sampler_name": sampler_name, "clip_layers": clip_layers, "interrupted": interrupted,
+               "job_timestamp": timestamp, "img2img": img2img}
+        return self._response(req, images, seeds, ckpt, run)
 
     def _run(self, pipe, req: Txt2ImgRequest, init_images, clip_layers: int):
         seed = req.seed if req.seed != -1 else random.randrange(MAX_SEED)
@@ -291,8 +307,9 @@ class Runtime:
             self.state.skipped = False  # /skip ends only the current batch
         return images, all_seeds[: len(images)] or all_seeds
 
-    def _response(self, req, images, seeds, ckpt, sampler_name, clip_layers, interrupted, img2img) -> dict[str, Any]:
+    def _response(self, req: Txt2ImgRequest, images, seeds: list[int], ckpt, run: dict[str, Any]) -> dict[str, Any]:
         sha = self.registry.sha256(ckpt)
+        sampler_name, clip_layers, img2img = run["sampler_name"], run["clip_layers"], run["img2img"]
         denoise = req.denoising_strength if img2img else None
 
         def infotext(seed: int) -> str:
@@ -342,10 +359,10 @@ class Runtime:
             "index_of_first_image": 0,
             "infotexts": infotexts,
             "styles": req.styles or [],
-            "job_timestamp": self.state.job_timestamp,
+            "job_timestamp": run["job_timestamp"],
             "clip_skip": clip_layers,
             "is_using_inpainting_conditioning": False,
-            "interrupted": interrupted,
+            "interrupted": run["interrupted"],
             "version": "sdlab",
         }
         params = req.model_dump()
@@ -371,10 +388,19 @@ def create_app(
     max_loaded: int = 2,
     single_file_config: Path | None = None,
 ) -> FastAPI:
-    """Build the FastAPI app. The startup model loads in the background; ``/healthz`` is 503 until it is ready."""
+    """Build the FastAPI app serving the models in ``models_dir``.
+
+    The startup model (``default_model``, else the first title) loads in a background
+    thread; ``/healthz`` answers 503 until it has loaded, then 200 for the rest of the
+    process, with ``"loaded": false`` after ``/sdapi/v1/unload-checkpoint`` (the next
+    generation reloads it). Raises ModelError when ``models_dir`` is missing or
+    ``default_model`` is not in it.
+    """
     registry = ModelRegistry(
         models_dir, device=device, dtype=dtype, max_loaded=max_loaded, single_file_config=single_file_config
     )
+    if default_model is not None:
+        default_model = registry.find(default_model).title
     rt = Runtime(registry, default_model)
 
     @asynccontextmanager

@@ -83,8 +83,7 @@ def crds() -> Path:
 def find(objects: list[dict], kind: str, runtime: str | None = None) -> dict:
     """The one object of a kind (of a runtime, when given)."""
     found = [
-        o for o in objects
-        if o["kind"] == kind and (runtime is None or o["metadata"]["labels"].get("sdlab/runtime") == runtime)
+        o for o in objects if o["kind"] == kind and (runtime is None or o["metadata"]["labels"].get("sdlab/runtime") == runtime)
     ]
     assert len(found) == 1, f"expected one {kind} for {runtime}, found {len(found)}"
     return found[0]

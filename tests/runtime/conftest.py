@@ -20,12 +20,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
-    """Two different models: ``tiny-a`` (tiny, seed 0) and ``wide-b`` (tiny-wide, seed 1)."""
-    from sdlab.runtime.model import build_tiny_model
+    """``tiny-a`` (tiny, seed 0), ``wide-b`` (tiny-wide, seed 1) and ``tiny-a-single.safetensors``,
+    the A1111-style single-file export of ``tiny-a``."""
+    from sdlab.runtime.model import build_tiny_model, export_single_file
 
     root = tmp_path_factory.mktemp("models")
     build_tiny_model(root / "tiny-a", seed=0, variant="tiny")
     build_tiny_model(root / "wide-b", seed=1, variant="tiny-wide")
+    export_single_file(root / "tiny-a", root / "tiny-a-single.safetensors")
     return root
 
 
@@ -45,6 +47,7 @@ def server(models_dir: Path, tmp_path_factory):
         sys.executable, "-m", "sdlab.runtime",
         "--models-dir", str(models_dir), "--model", "tiny-a",
         "--host", "127.0.0.1", "--port", str(port), "--threads", "2",
+        "--single-file-config", str(models_dir / "tiny-a"),
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

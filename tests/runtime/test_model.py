@@ -96,6 +96,23 @@ def test_loader_loads_folder_and_rejects_single_file_without_config(models_dir, 
         load_pipeline(tmp_path / "missing")
 
 
+def test_single_file_export_round_trips(models_dir):
+    import torch
+
+    from sdlab.runtime.loader import load_pipeline
+
+    folder = load_pipeline(models_dir / "tiny-a")
+    single = load_pipeline(models_dir / "tiny-a-single.safetensors", config=models_dir / "tiny-a")
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    call = {"prompt": "a red fox", "num_inference_steps": 3, "width": 64, "height": 64}
+    first = folder(**call, generator=torch.Generator().manual_seed(1)).images[0]
+    second = single(**call, generator=torch.Generator().manual_seed(1)).images[0]
+    assert first.tobytes() == second.tobytes()
+
+
 def test_sampler_mapping():
     from sdlab.errors import ValidationError
     from sdlab.runtime.samplers import sampler_for

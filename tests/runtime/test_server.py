@@ -107,7 +107,7 @@ def test_size_must_be_multiple_of_8(server):
 
 def test_models_listing_switching_and_overrides(server, models_dir):
     models = server.get("/sdapi/v1/sd-models").json()
-    assert [m["title"] for m in models] == ["tiny-a", "wide-b"]
+    assert [m["title"] for m in models] == ["tiny-a", "tiny-a-single.safetensors", "wide-b"]
     assert all(len(m["hash"]) == 10 and len(m["sha256"]) == 64 for m in models)
     assert set(models[0]) >= {"title", "model_name", "hash", "sha256", "filename", "config"}
     assert server.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny-a"
@@ -117,6 +117,14 @@ def test_models_listing_switching_and_overrides(server, models_dir):
     data = _txt2img(server, override_settings={"sd_model_checkpoint": "wide-b"})
     assert json.loads(data["info"])["sd_model_name"] == "wide-b" and data["images"][0] != on_a
     assert server.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "tiny-a"
+
+    # The single-file export of tiny-a is the same model; A1111 "title [hash]" spelling works too.
+    single = next(m for m in models if m["title"].endswith(".safetensors"))
+    for name in (single["title"], f"{single['title']} [{single['hash']}]", single["model_name"]):
+        data = _txt2img(server, override_settings={"sd_model_checkpoint": name})
+        assert json.loads(data["info"])["sd_model_name"] == "tiny-a-single"
+        # Same pixels; the PNG bytes differ only by the model name/hash in the infotext.
+        assert _image(data["images"][0]).tobytes() == _image(on_a).tobytes()
 
     resp = server.post("/sdapi/v1/options", json={"sd_model_checkpoint": "no-such-model"})
     assert resp.status_code == 404 and "tiny-a" in resp.text and "wide-b" in resp.text

@@ -1,0 +1,82 @@
+"""Shared fixtures. Factories where a test needs its own thing; one local stack per session where it can be shared."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# A small config for tests: two runtimes with different models, quick queue settings.
+TEST_CONFIG = {
+    "version": 1,
+    "stack": {"name": "sdlabtest", "region": "us-east-1"},
+    "limits": {"max_steps": 50, "max_side_px": 1024, "max_pixels": 512 * 512, "max_images_per_task": 4},
+    "runtimes": [
+        {"name": "rt-a", "type": "sdwebui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1},
+         "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
+        {"name": "rt-b", "type": "sdwebui", "model": {"name": "tiny-b", "variant": "tiny-wide", "seed": 2},
+         "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def test_settings():
+    from sdlab.config import parse_config
+
+    return parse_config(TEST_CONFIG, "tests/conftest.py")
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models are built once per session and shared by every stack the tests start."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def stack(test_settings, tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[dict]:
+    """The whole local stack, up once for the session, down (and checked) at the end."""
+    from sdlab.local import stack as local_stack
+    from sdlab.local.processes import alive
+
+    home = tmp_path_factory.mktemp("stack")
+    (home / "cache").mkdir()
+    (home / "cache" / "models").symlink_to(model_cache)
+    info = local_stack.up(test_settings, home)
+    info["home"] = str(home)
+    try:
+        yield info
+    finally:
+        local_stack.down(home)
+        left = [p["name"] for p in info["processes"] if alive(p["pid"])]
+        assert not left, f"processes left running after down: {left}"
+
+
+@pytest.fixture()
+def client(stack):
+    from sdlab.client import Client
+
+    with Client.from_stack(stack["home"]) as c:
+        yield c
+
+
+@pytest.fixture()
+def moto_server() -> Iterator[str]:
+    """A moto server process of its own on a free port; yields its endpoint URL."""
+    from sdlab.local.processes import free_port, http_ok, spawn, stop, wait_until
+
+    port = free_port()
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"sdlab-test-moto-{port}.log"
+    proc, popen = spawn("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {}, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(http_ok(f"{url}/moto-api/"), popen, proc, 60)
+        yield url
+    finally:
+        stop([proc])
+        log.unlink(missing_ok=True)
