@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
              settings.runtime_url, settings.queue_url)
     worker = build_worker(settings)
     worker.install_signal_handlers()
-    server = health.serve(worker, settings.health_port) if settings.health_port else None
+    server = health.serve(worker, settings.health_port, settings.health_host) if settings.health_port else None
     try:
         code = worker.run(max_tasks=args.max_tasks, burst=args.burst)
     finally:

@@ -28,6 +28,7 @@ class AgentSettings:
     runtime_timeout_seconds: float = 600.0
     runtime_ready_timeout_seconds: float = 600.0
     health_port: int = 0
+    health_host: str = "127.0.0.1"
     log_level: str = "INFO"
 
     @classmethod
@@ -67,5 +68,6 @@ class AgentSettings:
             dlq_url=env.get(envvars.AGENT_DLQ_URL) or None,
             target=AwsTarget.from_env(),
             log_level=env.get(envvars.AGENT_LOG_LEVEL, "INFO"),
+            health_host=env.get(envvars.AGENT_HEALTH_HOST, "127.0.0.1"),
             **parsed,  # type: ignore[arg-type]
         )

@@ -177,7 +177,9 @@ def parser() -> argparse.ArgumentParser:
     r = k.add_parser("render", help="render one file per object")
     r.add_argument("--out", required=True)
     r.add_argument("--cluster", default=None)
-    r.add_argument("--registry", default=None, help="image registry (e.g. the ECR registry URI)")
+    r.add_argument("--registry", default=None, help="image registry (default: the account's ECR registry)")
+    r.add_argument("--account-id", default=None, help="AWS account id used in queue URLs and ARNs")
+    r.add_argument("--image", action="append", help="TYPE=URI: image of a runtime type (sdwebui, comfyui, diffusers)")
     r.set_defaults(fn=_cmd_k8s_render)
     return p
 

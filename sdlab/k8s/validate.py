@@ -28,9 +28,10 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from sdlab import envvars
 from sdlab.errors import SdlabError
 
-CRDS_DIR_ENV = "SDLAB_CRDS_DIR"  # folder of the upstream CRD YAML files (default: ../shared/crds from the project)
+CRDS_DIR_ENV = envvars.CRDS_DIR  # folder of the upstream CRD YAML files (default: ../shared/crds from the project)
 K8S_VERSION = "1.33"  # oldest Kubernetes the manifests target (native sidecars are GA from 1.33)
 CLUSTER_SCOPED_BUILTINS = frozenset(
     {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "Node"}

@@ -116,6 +116,7 @@ def _agent_env(settings: Settings, runtime: RuntimeSettings, ctx: RenderContext)
         (envvars.AGENT_MAX_RECEIVE_COUNT, str(runtime.queue.max_receive_count)),
         (envvars.AGENT_RUNTIME_TIMEOUT_SECONDS, str(runtime.queue.visibility_timeout_seconds)),
         (envvars.AGENT_HEALTH_PORT, str(AGENT_HEALTH_PORT)),
+        (envvars.AGENT_HEALTH_HOST, "0.0.0.0"),
         (envvars.AGENT_LOG_LEVEL, ctx.log_level),
         (envvars.REGION, region),
         (envvars.STACK_NAME, settings.stack.name),
@@ -127,9 +128,8 @@ def _agent_env(settings: Settings, runtime: RuntimeSettings, ctx: RenderContext)
     ]
     if runtime.name in ctx.dlq_urls:
         values.insert(4, (envvars.AGENT_DLQ_URL, ctx.dlq_urls[runtime.name]))
-    high_queue_env = getattr(envvars, "AGENT_HIGH_QUEUE_URL", None)  # defined once the agent reads two queues
-    if high_queue_env and runtime.name in ctx.high_queue_urls:
-        values.insert(4, (high_queue_env, ctx.high_queue_urls[runtime.name]))
+    if runtime.name in ctx.high_queue_urls:
+        values.insert(4, (envvars.AGENT_HIGH_QUEUE_URL, ctx.high_queue_urls[runtime.name]))
     return [{"name": k, "value": v} for k, v in values]
 
 

@@ -62,6 +62,10 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "exponential": {"use_exponential_sigmas": True},
 }
 
+# SD 1.x values for settings that only some scheduler families have; applied when the
+# model's own scheduler config (often Euler or PNDM) does not mention them.
+_SD_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True}
+
 _BY_NAME: dict[str, SamplerSpec] = {}
 for _spec in SAMPLERS:
     for _key in (_spec.name, *_spec.aliases):
@@ -147,6 +151,9 @@ def sampler_for(name: str, base_config: Any, schedule: str | None = None):
     # Drop keys from other scheduler families (e.g. Karras flags on a DDIM base config)
     # so they cannot leak into a scheduler that would misread them.
     config = {k: v for k, v in dict(base_config).items() if k in accepted}
+    for key, value in _SD_DEFAULTS.items():
+        if key in accepted:
+            config.setdefault(key, value)
     for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         config.pop(flag, None)
     try:

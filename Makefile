@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SDLAB := $(VENV)/bin/sdlab
+STAMP := $(VENV)/.installed
+# torch: where a local CPU wheel of this version is on pip's find-links (workshop and CI machines), take it:
+# fast and offline. Elsewhere this step is skipped and pyproject's range picks the build (CUDA where present).
+TORCH_LOCAL ?= 2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: env demo test test-fast lint up down clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	-$(PY) -m pip install -q --no-index "torch==$(TORCH_LOCAL)" 2>/dev/null || echo "no local torch $(TORCH_LOCAL) wheel; pip resolves torch from the index"
+	$(PY) -m pip install -q -e ".[all]"
+	touch $@
+
+demo: env
+	$(SDLAB) up
+	$(SDLAB) demo --out outputs/demo; rc=$$?; $(SDLAB) down; exit $$rc
+
+test: env
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: env
+	$(PY) -m pytest -m "not integration and not faults and not notebooks" $(PYTEST_ARGS)
+
+lint: env
+	$(VENV)/bin/ruff check sdlab agent tests
+	$(VENV)/bin/mypy
+
+up: env
+	$(SDLAB) up
+
+down: env
+	$(SDLAB) down
+
+clean:
+	-$(SDLAB) down 2>/dev/null
+	rm -rf .sdlab outputs
