@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "load_config", "up", "down", "status", "__version__"]
+__all__ = ["Client", "load_config", "up", "down", "status", "display", "__version__"]
 
 if TYPE_CHECKING:
     from sdlab.client import Client
@@ -27,6 +27,10 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     # lazy: `import sdlab` stays cheap and does no work (no boto3 import until used)
+    if name == "display":
+        import importlib
+
+        return importlib.import_module("sdlab.display")
     if name in _LAZY:
         import importlib
 

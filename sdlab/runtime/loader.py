@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -145,7 +146,7 @@ def with_scheduler(pipe, scheduler, *, img2img: bool = False):
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
     components = {**pipe.components, "scheduler": scheduler}
     components["safety_checker"] = None
-    new = cls(**components, requires_safety_checker=False)
+    new: Any = cls(**components, requires_safety_checker=False)
     new.set_progress_bar_config(disable=True)
     return new
 

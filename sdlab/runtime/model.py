@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -163,7 +164,7 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, variant: str = "tiny") -> 
     unet, vae, text_encoder, scheduler = _make_components(preset, len(vocab), vocab[BOS_TOKEN], vocab[EOS_TOKEN])
     _colourise(unet, vae, preset, torch.Generator().manual_seed(seed + 1))
 
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -197,8 +198,14 @@ _UNET_FIXED = {
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
 }
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_FIXED = {"conv_norm_out": "norm_out"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
@@ -208,7 +215,7 @@ def _unet_key_to_ldm(key: str, lpb: int, has_attention: dict[int, bool]) -> str:
     parts = key.split(".")
     for new, old in _UNET_FIXED.items():
         if key.startswith(new + "."):
-            return old + key[len(new):]
+            return old + key[len(new) :]
     if parts[0] in ("down_blocks", "up_blocks"):
         block, kind = int(parts[1]), parts[2]
         if kind == "downsamplers":
@@ -252,7 +259,7 @@ def _vae_key_to_ldm(key: str, n_blocks: int) -> str:
         tail = ".".join(rest[3:])
         for new, old in _VAE_ATTENTION.items():
             if tail.startswith(new + "."):
-                return f"{coder}.mid.attn_1.{old}{tail[len(new):]}"
+                return f"{coder}.mid.attn_1.{old}{tail[len(new) :]}"
     return key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
 
 

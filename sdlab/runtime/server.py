@@ -199,8 +199,8 @@ class Runtime:
         logger.info("model %s ready (%.2f s)", ckpt.title, time.perf_counter() - started)
         return ckpt.title
 
-    def generate(self, req: Txt2ImgRequest, *, img2img: bool) -> dict[str, Any]:
-        """Run a txt2img/img2img request; returns the A1111 response body."""
+    def generate(self, req: Txt2ImgRequest) -> dict[str, Any]:
+        """Run a txt2img or (for an :class:`Img2ImgRequest`) img2img request; returns the A1111 response body."""
         if req.enable_hr:
             raise ValidationError("enable_hr", "hires fix is not supported by the sdlab runtime; set it to false", 422)
         if req.script_name or req.alwayson_scripts:
@@ -208,19 +208,18 @@ class Runtime:
         sampler_name = req.sampler_name or req.sampler_index
         spec, _ = samplers.resolve(sampler_name, req.scheduler)
         init_images: list[Image.Image] = []
-        if img2img:
+        img2img = isinstance(req, Img2ImgRequest)
+        if isinstance(req, Img2ImgRequest):
             if req.mask:
                 raise ValidationError("mask", "inpainting is not supported by the sdlab runtime; omit mask", 422)
             if not req.init_images:
                 raise ValidationError("init_images", "img2img needs at least one base64 image in init_images", 422)
             init_images = [
-                decode_image(data, f"init_images.{i}").resize((req.width, req.height), Image.LANCZOS)
+                decode_image(data, f"init_images.{i}").resize((req.width, req.height), Image.Resampling.LANCZOS)
                 for i, data in enumerate(req.init_images)
             ]
             if int(req.steps * req.denoising_strength) < 1:
-                raise ValidationError(
-                    "denoising_strength", "steps × denoising_strength must be ≥ 1; raise one of them", 422
-                )
+                raise ValidationError("denoising_strength", "steps × denoising_strength must be ≥ 1; raise one of them", 422)
         overrides = dict(req.override_settings or {})
         title = self.options["sd_model_checkpoint"]
         if overrides.get("sd_model_checkpoint"):
@@ -258,11 +257,22 @@ class Runtime:
         logger.info(
             "%s: %d image(s) %dx%d, %d steps, %s, model %s, %.2f s%s",
             job,
-            len(images), req.width, req.height, req.steps, spec.name, title, elapsed,
+            len(images),
+            req.width,
+            req.height,
+            req.steps,
+            spec.name,
+            title,
+            elapsed,
             " (interrupted)" if interrupted else "",
         )
-        run = {"sampler_name": sampler_name, "clip_layers": clip_layers, "interrupted": interrupted,
-               "job_timestamp": timestamp, "img2img": img2img}
+        run = {
+            "sampler_name": sampler_name,
+            "clip_layers": clip_layers,
+            "interrupted": interrupted,
+            "job_timestamp": timestamp,
+            "img2img": img2img,
+        }
         return self._response(req, images, seeds, ckpt, run)
 
     def _run(self, pipe, req: Txt2ImgRequest, init_images, clip_layers: int):
@@ -317,8 +327,13 @@ class Runtime:
             if req.negative_prompt:
                 lines.append(f"Negative prompt: {req.negative_prompt}")
             params = [
-                f"Steps: {req.steps}", f"Sampler: {sampler_name}", f"CFG scale: {req.cfg_scale}", f"Seed: {seed}",
-                f"Size: {req.width}x{req.height}", f"Model hash: {sha[:10]}", f"Model: {ckpt.model_name}",
+                f"Steps: {req.steps}",
+                f"Sampler: {sampler_name}",
+                f"CFG scale: {req.cfg_scale}",
+                f"Seed: {seed}",
+                f"Size: {req.width}x{req.height}",
+                f"Model hash: {sha[:10]}",
+                f"Model: {ckpt.model_name}",
             ]
             if denoise is not None:
                 params.append(f"Denoising strength: {denoise}")
@@ -366,10 +381,10 @@ class Runtime:
             "version": "sdlab",
         }
         params = req.model_dump()
-        if img2img and not req.include_init_images:
+        if isinstance(req, Img2ImgRequest) and not req.include_init_images:
             params["init_images"] = None
             params["mask"] = None
-        encoded = [encode_png(im, txt) for im, txt in zip(images, infotexts)] if req.send_images else []
+        encoded = [encode_png(im, txt) for im, txt in zip(images, infotexts, strict=True)] if req.send_images else []
         return {"images": encoded, "parameters": params, "info": json.dumps(info)}
 
 
@@ -396,9 +411,7 @@ def create_app(
     generation reloads it). Raises ModelError when ``models_dir`` is missing or
     ``default_model`` is not in it.
     """
-    registry = ModelRegistry(
-        models_dir, device=device, dtype=dtype, max_loaded=max_loaded, single_file_config=single_file_config
-    )
+    registry = ModelRegistry(models_dir, device=device, dtype=dtype, max_loaded=max_loaded, single_file_config=single_file_config)
     if default_model is not None:
         default_model = registry.find(default_model).title
     rt = Runtime(registry, default_model)
@@ -432,11 +445,11 @@ def create_app(
 
     @app.post("/sdapi/v1/txt2img")
     def txt2img(req: Txt2ImgRequest):
-        return rt.generate(req, img2img=False)
+        return rt.generate(req)
 
     @app.post("/sdapi/v1/img2img")
     def img2img(req: Img2ImgRequest):
-        return rt.generate(req, img2img=True)
+        return rt.generate(req)
 
     @app.get("/sdapi/v1/progress")
     def progress():
@@ -518,14 +531,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="fp16, bf16 or fp32 (default: fp16 on cuda, fp32 on cpu)")
     parser.add_argument("--max-loaded", type=int, default=2, help="pipelines kept in memory at once")
-    parser.add_argument("--single-file-config", type=Path, default=None,
-                        help="local diffusers folder providing configs for single-file .safetensors checkpoints")
+    parser.add_argument(
+        "--single-file-config",
+        type=Path,
+        default=None,
+        help="local diffusers folder providing configs for single-file .safetensors checkpoints",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        stream=sys.stdout, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(stream=sys.stdout, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffusers.utils import logging as diffusers_logging
@@ -538,8 +553,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         app = create_app(
-            args.models_dir, args.model, device=args.device, dtype=args.dtype,
-            max_loaded=args.max_loaded, single_file_config=args.single_file_config,
+            args.models_dir,
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_loaded=args.max_loaded,
+            single_file_config=args.single_file_config,
         )
     except ModelError as exc:
         logger.error("%s", exc)

@@ -62,11 +62,7 @@ is are was be this that it its as or not very most best top
 
 def bytes_to_unicode() -> dict[int, str]:
     """Return CLIP/GPT-2's reversible byte → printable-unicode table."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     codes = printable[:]
     extra = 0
     for b in range(256):
@@ -74,7 +70,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in codes)))
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
 def _word_symbols(word: str, byte_map: dict[int, str]) -> tuple[str, ...]:
@@ -94,14 +90,14 @@ def learn_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for symbols, freq in counts.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 pairs[pair] += freq
         if not pairs:
             break
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
         joined = best[0] + best[1]
-        merged: Counter[tuple[str, str]] = Counter()
+        merged: Counter[tuple[str, ...]] = Counter()
         for symbols, freq in counts.items():
             out: list[str] = []
             i = 0

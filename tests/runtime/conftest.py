@@ -44,10 +44,21 @@ def server(models_dir: Path, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [
-        sys.executable, "-m", "sdlab.runtime",
-        "--models-dir", str(models_dir), "--model", "tiny-a",
-        "--host", "127.0.0.1", "--port", str(port), "--threads", "2",
-        "--single-file-config", str(models_dir / "tiny-a"),
+        sys.executable,
+        "-m",
+        "sdlab.runtime",
+        "--models-dir",
+        str(models_dir),
+        "--model",
+        "tiny-a",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        "2",
+        "--single-file-config",
+        str(models_dir / "tiny-a"),
     ]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -25,9 +25,16 @@ def test_same_seed_gives_identical_files(models_dir, tmp_path):
     again = build_tiny_model(tmp_path / "again", seed=0, variant="tiny")
     first, second = _files(models_dir / "tiny-a"), _files(again)
     assert sorted(first) == sorted(second)
-    assert {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-            "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
-            "scheduler/scheduler_config.json", "model_index.json", "sdlab_model.json"} <= set(first)
+    assert {
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+        "model_index.json",
+        "sdlab_model.json",
+    } <= set(first)
     for name in first:
         assert first[name] == second[name], name
 

@@ -10,7 +10,10 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.integration
 
 SMALL = {"prompt": "a red fox", "steps": 8, "width": 128, "height": 192, "seed": 42}
 
