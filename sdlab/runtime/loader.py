@@ -151,6 +151,10 @@ def with_scheduler(pipe, scheduler, *, img2img: bool = False):
     return new
 
 
+class ModelNotFoundError(ModelError):
+    """The requested checkpoint is not in the models folder (HTTP 404)."""
+
+
 def _file_sha256(path: Path, cache: dict) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -230,7 +234,7 @@ class ModelRegistry:
         for ckpt in checkpoints.values():
             if wanted in (ckpt.title, ckpt.model_name, str(ckpt.path)):
                 return ckpt
-        raise ModelError(
+        raise ModelNotFoundError(
             f"model {name!r} not found in {self.models_dir}; available: {sorted(checkpoints)}. "
             "Add it there and POST /sdapi/v1/refresh-checkpoints"
         )

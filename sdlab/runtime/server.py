@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdlab.errors import ModelError, ValidationError
 from sdlab.runtime import samplers
-from sdlab.runtime.loader import ModelRegistry, with_scheduler
+from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, with_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -430,10 +430,12 @@ def create_app(
 
     @app.exception_handler(ModelError)
     async def _on_model_error(request: Request, exc: ModelError):
-        status = 404 if "not found" in str(exc) else 500
+        status = 404 if isinstance(exc, ModelNotFoundError) else 500
         return JSONResponse(status_code=status, content={"error": "ModelError", "detail": str(exc)})
 
-    def health():
+    # Cheap read-only routes are `async` so they run on the event loop and answer even
+    # when every worker thread is queued behind the generation lock.
+    async def health():
         if rt.ready.is_set():
             model = rt.options["sd_model_checkpoint"]
             return {"status": "ok", "model": model, "loaded": registry.is_loaded(model)}
@@ -452,21 +454,21 @@ def create_app(
         return rt.generate(req)
 
     @app.get("/sdapi/v1/progress")
-    def progress():
+    async def progress():
         return rt.state.progress()
 
     @app.post("/sdapi/v1/interrupt")
-    def interrupt():
+    async def interrupt():
         rt.state.interrupted = True
         return {}
 
     @app.post("/sdapi/v1/skip")
-    def skip():
+    async def skip():
         rt.state.skipped = True
         return {}
 
     @app.get("/sdapi/v1/options")
-    def get_options():
+    async def get_options():
         return rt.options
 
     @app.post("/sdapi/v1/options")
