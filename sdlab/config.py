@@ -69,6 +69,13 @@ class ScalingSettings(_Strict):
         return self
 
 
+class BatchSettings(_Strict):
+    """How the runtime groups compatible tasks (same model, size, steps, sampler) into one generation."""
+
+    max_batch: int | None = Field(None, ge=1, le=64, description="None: chosen from the card's memory")
+    max_wait_ms: int = Field(50, ge=0, le=5000, description="how long the first task waits for company")
+
+
 class NodeSettings(_Strict):
     """Karpenter NodePool choices for the runtime's GPU nodes (used on AWS)."""
 
@@ -121,6 +128,7 @@ class RuntimeSettings(_Strict):
     queue: QueueSettings = QueueSettings()
     scaling: ScalingSettings = ScalingSettings()
     nodes: NodeSettings = NodeSettings()
+    batch: BatchSettings = BatchSettings()
     torch_threads: int | None = Field(None, ge=1, description="local runtime: torch threads (default: cores/runtimes)")
 
     @field_validator("name")
@@ -142,6 +150,9 @@ class StackSettings(_Strict):
     bucket: str | None = Field(None, description="default: <name>-data (locally) ; set a globally unique name on AWS")
     output_prefix: str = "outputs"
     model_prefix: str = "models"
+    workflow_prefix: str = "workflows"
+    input_buckets: tuple[str, ...] = Field(
+        (), description="buckets init images may be read from (s3:// URIs); the stack's own bucket is always allowed")
 
     @field_validator("name")
     @classmethod
@@ -150,7 +161,7 @@ class StackSettings(_Strict):
             raise ValueError(f"{value!r}: use 2-40 lowercase letters, digits and '-', starting with a letter")
         return value
 
-    @field_validator("output_prefix", "model_prefix")
+    @field_validator("output_prefix", "model_prefix", "workflow_prefix")
     @classmethod
     def _valid_prefix(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9/_-]*[A-Za-z0-9]", value) or "//" in value:
