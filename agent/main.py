@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from agent import health, logs
+from agent import health, logs, metrics
 from agent.runtimes import adapter_for
 from agent.settings import AgentSettings
 from agent.worker import Clients, Worker
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
              settings.runtime_url, settings.queue_url)
     worker = build_worker(settings)
     worker.install_signal_handlers()
+    metrics.BUSY_FRACTION.set_function(worker.busy_fraction)
     server = health.serve(worker, settings.health_port, settings.health_host) if settings.health_port else None
     try:
         code = worker.run(max_tasks=args.max_tasks, burst=args.burst)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, Summary
+from prometheus_client import Counter, Gauge, Histogram, Summary
 
 TASKS = Counter("sdlab_agent_tasks_total", "Tasks ended by this agent, by terminal status", ["status"])
 RETRIES = Counter("sdlab_agent_retries_total", "Messages released for another try after a retryable failure")
@@ -12,3 +12,5 @@ QUEUE_WAIT_SECONDS = Histogram("sdlab_agent_queue_wait_seconds", "Submit to star
 RUN_SECONDS = Histogram("sdlab_agent_run_seconds", "Runtime call duration per task", buckets=_BUCKETS)
 # busy fraction = rate(sdlab_agent_runtime_busy_seconds_sum) over wall time
 RUNTIME_BUSY = Summary("sdlab_agent_runtime_busy_seconds", "Seconds the runtime spent on this agent's tasks")
+BUSY_FRACTION = Gauge("sdlab_agent_runtime_busy_fraction",
+                      "Share of wall time since the first task that the runtime spent on this agent's tasks")

@@ -18,6 +18,7 @@ class AgentSettings:
     runtime_url: str
     queue_url: str
     dlq_url: str | None
+    high_queue_url: str | None
     bucket: str
     task_table: str
     results_topic_arn: str
@@ -27,6 +28,8 @@ class AgentSettings:
     max_receive_count: int = 3
     runtime_timeout_seconds: float = 600.0
     runtime_ready_timeout_seconds: float = 600.0
+    grace_seconds: float = 25.0  # warm shutdown budget: a little under the pod's terminationGracePeriodSeconds
+    max_batch: int = 1  # messages handed to the runtime at once (>1 only for batching runtimes)
     health_port: int = 0
     health_host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -49,6 +52,9 @@ class AgentSettings:
             "max_receive_count": (envvars.AGENT_MAX_RECEIVE_COUNT, int),
             "runtime_timeout_seconds": (envvars.AGENT_RUNTIME_TIMEOUT_SECONDS, float),
             "health_port": (envvars.AGENT_HEALTH_PORT, int),
+            "grace_seconds": (envvars.AGENT_GRACE_SECONDS, float),
+            "max_batch": (envvars.AGENT_MAX_BATCH, int),
+            "runtime_ready_timeout_seconds": (envvars.AGENT_RUNTIME_READY_TIMEOUT_SECONDS, float),
         }
         parsed: dict[str, object] = {}
         for field, (name, kind) in numbers.items():
@@ -66,6 +72,7 @@ class AgentSettings:
             **{field: env[name] for field, name in required.items()},
             runtime_type=runtime_type,
             dlq_url=env.get(envvars.AGENT_DLQ_URL) or None,
+            high_queue_url=env.get(envvars.AGENT_HIGH_QUEUE_URL) or None,
             target=AwsTarget.from_env(),
             log_level=env.get(envvars.AGENT_LOG_LEVEL, "INFO"),
             health_host=env.get(envvars.AGENT_HEALTH_HOST, "127.0.0.1"),

@@ -1,91 +1,47 @@
-"""The agent's work loop: receive → start → generate → store → finish → notify → delete.
+"""The agent's work loop. Three kinds of thread keep the runtime busy and the promises kept:
 
-Read top to bottom, one message at a time:
-1. parse the message; a message that can never be parsed goes to the DLQ with its reason;
-2. move the task `queued → running` (conditional: a redelivered message of a finished task is dropped);
-3. call the runtime while a heartbeat keeps the message invisible;
-4. write images at deterministic keys and `result.json`;
-5. move the task to its terminal status (conditional, exactly once), then publish the notification;
-6. delete the message.
-Retryable runtime failures release the message with a backed-off visibility; on the last allowed receive the
-task ends `failed` and the message goes to the DLQ with the reason.
-Signals: first SIGTERM/SIGINT = warm shutdown (stop receiving, finish the current task), second = cold
-(interrupt the runtime, release the message at once, exit).
+- the receiver (agent/receiver.py) takes the next messages while the runtime works, marks them `running`;
+- this loop hands buffered jobs to the runtime (several at once for a batching runtime) — nothing else sits
+  on the runtime's critical path;
+- finishers (a small pool) store images, end the task, notify and delete the message off the critical path;
+and `Inflight`'s heartbeat keeps every held message invisible and notices cancellations.
+
+Failures: retryable runtime failures release the message with exponential backoff and jitter; on the last
+allowed receive the task ends `failed` and the message moves to the DLQ with the reason; a rejection by the
+runtime ends the task `failed` at once. After the runtime becomes unreachable the agent waits for it (with a
+deadline) before taking more work.
+Signals: first SIGTERM/SIGINT = warm shutdown (stop receiving, finish the current work within the grace period,
+release what is buffered); second = cold (interrupt the runtime, release everything held, exit).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from botocore.exceptions import ClientError
-from pydantic import ValidationError as PydanticValidationError
-
 from agent import metrics
+from agent.effects import Clients, Effects
+from agent.jobs import Inflight, Job
+from agent.receiver import Receiver
 from agent.runtimes import RuntimeAdapter, RuntimeFailure, RuntimeResult
 from agent.settings import AgentSettings
-from sdlab.contracts import (
-    Notification,
-    TaskMessage,
-    TaskStatus,
-    Timings,
-    image_key,
-    output_prefix,
-    result_key,
-)
-from sdlab.taskstore import TaskStore, TransitionRefused
+from sdlab.contracts import TaskStatus
 
 log = logging.getLogger(__name__)
 RETRY_BASE_SECONDS = 2.0
 RETRY_MAX_SECONDS = 300.0
+MAX_UNFINISHED = 16  # results waiting for their finisher; bounds memory if S3 is slow
+
+__all__ = ["Clients", "Worker"]
 
 
 class ColdShutdown(Exception):
-    """Raised inside the current task when a second signal asks the agent to stop now."""
-
-
-class _IdleExit(Exception):
-    """Raised from the signal handler when no task is running: leave the long poll at once."""
-
-
-@dataclass
-class Clients:
-    sqs: Any
-    s3: Any
-    sns: Any
-    store: TaskStore
-
-
-class Heartbeat:
-    """Keeps a message invisible while its task runs, extending by the queue's timeout at a third of it."""
-
-    def __init__(self, sqs: Any, queue_url: str, receipt: str, timeout_seconds: int) -> None:
-        self._sqs, self._url, self._receipt, self._timeout = sqs, queue_url, receipt, timeout_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(max(1.0, self._timeout / 3)):
-            try:
-                self._sqs.change_message_visibility(
-                    QueueUrl=self._url, ReceiptHandle=self._receipt, VisibilityTimeout=self._timeout
-                )
-            except ClientError:
-                log.exception("visibility extension failed")
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    """The current runtime call is abandoned (second signal, or the grace period ran out)."""
 
 
 class Worker:
@@ -93,13 +49,27 @@ class Worker:
         self.settings = settings
         self.clients = clients
         self.runtime = runtime
-        self.stopping = threading.Event()  # warm: no more receives
-        self.cold = threading.Event()  # cold: abandon the current task
+        self.effects = Effects(settings, clients)
+        self.inflight = Inflight(clients.sqs, settings.visibility_timeout_seconds, self._is_cancelled, self._on_cancel)
+        batching = hasattr(runtime, "run_batch")
+        self.max_batch = max(1, min(settings.max_batch, int(getattr(runtime, "max_batch", 1)))) if batching else 1
+        # one batch buffered while one runs: the runtime never waits for SQS or DynamoDB
+        self.receiver = Receiver(settings, self.effects, self.inflight, capacity=self.max_batch)
+        self.finisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
+        self._unfinished = threading.Semaphore(MAX_UNFINISHED)
+        self.stopping = threading.Event()
+        self.cold = threading.Event()
         self.ready = threading.Event()
+        self.exit_code = 0
+        self._grace_deadline: float | None = None
+        self._running: list[Job] = []
+        self._lock = threading.Lock()
         self.tasks_done = 0
-        self.busy = False
+        self.busy_seconds = 0.0
+        self._first_call: float | None = None
+        self._last_call_end: float | None = None
 
-    # -- signals ---------------------------------------------------------------------------------
+    # -- signals -------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -109,229 +79,182 @@ class Worker:
             log.warning("second signal %s: cold shutdown", signum)
             self.cold.set()
         else:
-            log.info("signal %s: warm shutdown, finishing the current task", signum)
+            log.info("signal %s: warm shutdown within %.0f s", signum, self.settings.grace_seconds)
+            self._grace_deadline = time.monotonic() + self.settings.grace_seconds
             self.stopping.set()
-            if not self.busy:
-                # idle in a long poll: nothing to finish. A message that poll may have received
-                # stays invisible until its visibility timeout and is then delivered again.
-                raise _IdleExit()
 
-    # -- loop ------------------------------------------------------------------------------------
+    # -- readiness ------------------------------------------------------------------------------------
     def wait_for_runtime(self) -> bool:
-        """Poll the runtime until it is ready, the deadline passes, or a signal arrives."""
+        """Poll the runtime until ready, the deadline passes, or a signal arrives."""
         deadline = time.monotonic() + self.settings.runtime_ready_timeout_seconds
         while not self.stopping.is_set() and time.monotonic() < deadline:
             if self.runtime.ready():
                 self.ready.set()
                 log.info("runtime %s is ready", self.settings.runtime_name)
                 return True
-            self.stopping.wait(1.0)
-        log.error("runtime at %s not ready within %.0f s", self.settings.runtime_url, self.settings.runtime_ready_timeout_seconds)
+            self.stopping.wait(0.5)
+        log.error("runtime at %s not ready within %.0f s", self.settings.runtime_url,
+                  self.settings.runtime_ready_timeout_seconds)
         return False
 
+    def busy_fraction(self) -> float:
+        """Share of wall time, from the first runtime call to the end of the last, the runtime spent on tasks."""
+        if self._first_call is None or self._last_call_end is None or self._last_call_end <= self._first_call:
+            return 0.0
+        return self.busy_seconds / (self._last_call_end - self._first_call)
+
+    # -- the loop -------------------------------------------------------------------------------------
     def run(self, *, max_tasks: int | None = None, burst: bool = False) -> int:
-        """Work until stopped (or `max_tasks` done, or the queue is empty with `burst`). Returns the exit code."""
+        """Work until stopped (or `max_tasks` ended, or every queue is empty with `burst`). Returns the exit code."""
         if not self.wait_for_runtime():
             return 1
+        self.inflight.start()
+        self.receiver.start()
         try:
             while not self.stopping.is_set():
-                messages = self._receive()
-                if not messages and burst:
+                jobs = self._next_jobs()
+                if jobs:
+                    self._run(jobs)
+                elif burst and self.receiver.idle.is_set() and len(self.inflight) == 0:
                     break
-                for message in messages:
-                    self.busy = True
-                    try:
-                        self.handle(message)
-                    finally:
-                        self.busy = False
                 if max_tasks is not None and self.tasks_done >= max_tasks:
                     break
-        except _IdleExit:
-            pass
         finally:
-            self.ready.clear()
-            log.info("agent stopped after %d task(s)", self.tasks_done)
-        return 0
+            self._shutdown()
+        return self.exit_code
 
-    def _receive(self) -> list[dict[str, Any]]:
-        try:
-            out = self.clients.sqs.receive_message(
-                QueueUrl=self.settings.queue_url,
-                MaxNumberOfMessages=1,
-                WaitTimeSeconds=self.settings.wait_time_seconds,
-                VisibilityTimeout=self.settings.visibility_timeout_seconds,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                MessageAttributeNames=["All"],
-            )
-        except ClientError:
-            log.exception("receive failed; retrying")
-            self.stopping.wait(2.0)
+    def _next_jobs(self) -> list[Job]:
+        first = self.receiver.take(timeout=0.2)
+        if first is None:
             return []
-        return out.get("Messages", [])
+        jobs = [first]
+        while len(jobs) < self.max_batch and (more := self.receiver.take_nowait()) is not None:
+            jobs.append(more)
+        for job in [j for j in jobs if j.cancelled]:
+            self._drop_cancelled(job)
+        return [j for j in jobs if not j.cancelled]
 
-    # -- one message -----------------------------------------------------------------------------
-    def handle(self, message: dict[str, Any]) -> None:
-        mid = message["MessageId"]
-        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-        try:
-            task = TaskMessage.model_validate_json(message["Body"])
-        except (PydanticValidationError, ValueError) as err:
-            self._to_dlq(message, f"unparseable message: {str(err)[:500]}")
-            metrics.TASKS.labels(status="poison").inc()
-            log.error("message %s cannot be parsed; moved to the DLQ", mid, extra={"message_id": mid})
-            return
-        extra = {"task_id": task.id, "message_id": mid, "attempt": attempt}
-        store = self.clients.store
+    def _shutdown(self) -> None:
+        self.ready.clear()
+        self.receiver.stop()
+        for job in self.receiver.drain():  # buffered, never started on the runtime: another agent takes them now
+            self.effects.release(job, 0)
+            self.inflight.remove(job)
+        self.finisher.shutdown(wait=True)
+        self.inflight.stop()
+        log.info("agent stopped after %d task(s); runtime busy %.1f%%", self.tasks_done, 100 * self.busy_fraction())
 
-        # 1. expiry and start (conditional)
-        if task.expired():
-            self._end(task, message, TaskStatus.EXPIRED, error=f"not started within ttl_seconds={task.ttl_seconds}")
-            return
+    # -- one runtime call -----------------------------------------------------------------------------
+    def _run(self, jobs: list[Job]) -> None:
         started = time.time()
+        t0 = time.monotonic()
+        with self._lock:
+            self._running = jobs
         try:
-            store.start(task.id, started_at=started, attempts=attempt)
-        except TransitionRefused as refused:
-            if refused.current is None:
-                # published straight to SNS, bypassing the API: give it a record so it can be tracked
-                store.create({"id": task.id, "runtime": task.runtime, "task_type": task.task_type,
-                              "prefix": task.prefix, "created_at": task.submitted_at})
-                store.start(task.id, started_at=started, attempts=attempt)
-            else:
-                log.info("task already %s; dropping the redelivered message", refused.current.get("status"), extra=extra)
-                self._delete(message)
-                return
-        log.info("task started", extra=extra)
-
-        # 2. generate, keeping the message invisible meanwhile
-        try:
-            with Heartbeat(self.clients.sqs, self.settings.queue_url, message["ReceiptHandle"],
-                           self.settings.visibility_timeout_seconds):
-                with metrics.RUNTIME_BUSY.time():
-                    result = self._generate(task)
+            outcomes = self._call_runtime(jobs)
         except ColdShutdown:
-            self._release(message, 0)
-            log.warning("cold shutdown: task released for another agent", extra=extra)
+            for job in jobs:
+                self.effects.release(job, 0)
+                self.inflight.remove(job)
+            log.warning("runtime call abandoned; %d task(s) released for another agent", len(jobs))
+            self.stopping.set()
             return
-        except RuntimeFailure as err:
-            self._failed_attempt(task, message, attempt, err)
-            return
+        finally:
+            with self._lock:
+                self._running = []
+            t1 = time.monotonic()
+            self.busy_seconds += t1 - t0
+            self._first_call = self._first_call or t0
+            self._last_call_end = t1
+            metrics.RUNTIME_BUSY.observe(t1 - t0)
         run_s = time.time() - started
+        for job, outcome in zip(jobs, outcomes):
+            self._unfinished.acquire()
+            self.finisher.submit(self._finish, job, outcome, started, run_s)
+        if any(isinstance(o, RuntimeFailure) and o.retryable for o in outcomes) and not self.runtime.ready():
+            log.warning("runtime not answering; waiting for it before taking more work")
+            if not self.wait_for_runtime():
+                self.exit_code = 1
+                self.stopping.set()
 
-        # 3. store, finish, notify, delete
-        keys = self._store(task, result, run_s)
-        self._end(task, message, TaskStatus.COMPLETED, images=keys, run_s=run_s, started_at=started)
-        log.info("task completed", extra={**extra, "seconds": round(run_s, 3)})
-
-    def _generate(self, task: TaskMessage) -> RuntimeResult:
-        """Run the task on the runtime in a thread so a cold shutdown can abandon it."""
+    def _call_runtime(self, jobs: list[Job]) -> list[RuntimeResult | RuntimeFailure]:
+        """Run on the runtime in a thread, so a cold shutdown or the end of the grace period can abandon it."""
         box: dict[str, Any] = {}
 
         def call() -> None:
             try:
-                box["result"] = self.runtime.run(task)
-            except BaseException as err:  # handed to the caller below
-                box["error"] = err
+                if len(jobs) == 1:
+                    box["out"] = [self.runtime.run(jobs[0].task)]
+                else:
+                    box["out"] = self.runtime.run_batch([j.task for j in jobs])  # type: ignore[attr-defined]
+            except RuntimeFailure as err:
+                box["out"] = [err] * len(jobs)
+            except Exception as err:  # an adapter bug must not kill the agent: retry elsewhere, keep the trace
+                log.exception("adapter error")
+                box["out"] = [RuntimeFailure(f"agent adapter error: {err!r}", retryable=True)] * len(jobs)
 
-        thread = threading.Thread(target=call, name=f"task-{task.id}", daemon=True)
+        thread = threading.Thread(target=call, name="runtime-call", daemon=True)
         thread.start()
         while thread.is_alive():
-            thread.join(0.2)
-            if self.cold.is_set():
+            thread.join(0.05)
+            past_grace = self._grace_deadline is not None and time.monotonic() > self._grace_deadline
+            if self.cold.is_set() or past_grace:
                 self.runtime.interrupt()
                 raise ColdShutdown()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        return box["out"]
 
-    def _failed_attempt(self, task: TaskMessage, message: dict[str, Any], attempt: int, err: RuntimeFailure) -> None:
-        extra = {"task_id": task.id, "message_id": message["MessageId"], "attempt": attempt}
-        if err.retryable and attempt < self.settings.max_receive_count:
-            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            self._release(message, int(delay))
-            metrics.RETRIES.inc()
-            log.warning("retryable failure, retry in %.0f s: %s", delay, err, extra=extra)
-            return
-        reason = str(err) if not err.retryable else f"gave up after {attempt} attempts: {err}"
-        if err.retryable:
-            # the terminal status first: a crash between the two leaves a finished task, never a lost one
-            self._end(task, None, TaskStatus.FAILED, error=reason)
-            self._to_dlq(message, reason)
-        else:
-            self._end(task, message, TaskStatus.FAILED, error=reason)
-        log.error("task failed: %s", reason, extra=extra)
-
-    # -- effects ---------------------------------------------------------------------------------
-    def _store(self, task: TaskMessage, result: RuntimeResult, run_s: float) -> list[str]:
-        bucket = self.settings.bucket
-        keys = []
-        for n, png in enumerate(result.images):
-            key = image_key(task.prefix, task.id, n)
-            self.clients.s3.put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
-            keys.append(f"s3://{bucket}/{key}")
-        summary = {"id": task.id, "runtime": task.runtime, "status": "completed", "images": keys,
-                   "info": result.info, "run_s": round(run_s, 3)}
-        self.clients.s3.put_object(Bucket=bucket, Key=result_key(task.prefix, task.id),
-                                   Body=json.dumps(summary).encode(), ContentType="application/json")
-        return keys
-
-    def _end(self, task: TaskMessage, message: dict[str, Any] | None, status: TaskStatus, *,
-             images: list[str] | None = None, error: str | None = None, run_s: float | None = None,
-             started_at: float | None = None) -> None:
-        """Terminal status (once), then the notification, then delete the message."""
-        now = time.time()
-        queued_s = (started_at or now) - task.submitted_at
-        fields: dict[str, Any] = {"finished_at": now, "queued_s": round(queued_s, 3)}
-        if images is not None:
-            fields |= {"images": images, "image_count": len(images)}
-        if run_s is not None:
-            fields["run_s"] = round(run_s, 3)
-        if error:
-            fields["error"] = error
+    # -- after the call (finisher threads) -----------------------------------------------------------
+    def _finish(self, job: Job, outcome: RuntimeResult | RuntimeFailure, started: float, run_s: float) -> None:
         try:
-            self.clients.store.finish(task.id, status, **fields)
-        except TransitionRefused as refused:
-            # someone else ended it (cancel, or a duplicate delivery): their notification stands
-            log.info("task already %s; no second notification", refused.current and refused.current.get("status"),
-                     extra={"task_id": task.id})
-        else:
-            self._notify(task, status, images or [], error, Timings(queued_s=fields["queued_s"], run_s=fields.get("run_s")))
-        metrics.TASKS.labels(status=status.value).inc()
-        if run_s is not None:
-            metrics.RUN_SECONDS.observe(run_s)
-        metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, queued_s))
-        self.tasks_done += 1
-        if message is not None:
-            self._delete(message)
+            if job.cancelled:
+                self._drop_cancelled(job)
+            elif isinstance(outcome, RuntimeFailure):
+                self._failed_attempt(job, outcome)
+            else:
+                keys = self.effects.store_outputs(job.task, outcome, run_s)
+                won = self.effects.end(job.task, TaskStatus.COMPLETED, images=keys, run_s=run_s, started_at=started,
+                                       attempt=job.attempt)
+                if not won and self._is_cancelled(job.task.id):
+                    self.effects.discard_outputs(job.task, len(keys))  # cancelled while it ran: the result must not stand
+                self.effects.delete(job)
+                log.info("task completed", extra={**job.log_extra, "seconds": round(run_s, 3)})
+        except Exception:  # the message stays held until its visibility lapses, then it is delivered again
+            log.exception("finishing the task failed; it will be delivered again", extra=job.log_extra)
+        finally:
+            self.inflight.remove(job)
+            self._unfinished.release()
+            with self._lock:
+                self.tasks_done += 1
 
-    def _notify(self, task: TaskMessage, status: TaskStatus, images: list[str], error: str | None, timings: Timings) -> None:
-        note = Notification(
-            id=task.id, runtime=task.runtime, status=status, images=images, error=error, timings=timings,
-            context=task.context, output_location=f"s3://{self.settings.bucket}/{output_prefix(task.prefix, task.id)}",
-        )
-        self.clients.sns.publish(
-            TopicArn=self.settings.results_topic_arn,
-            Message=note.model_dump_json(),
-            MessageAttributes={
-                "runtime": {"DataType": "String", "StringValue": task.runtime},
-                "status": {"DataType": "String", "StringValue": status.value},
-            },
-        )
-
-    def _delete(self, message: dict[str, Any]) -> None:
-        self.clients.sqs.delete_message(QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-    def _release(self, message: dict[str, Any], delay_seconds: int) -> None:
-        self.clients.sqs.change_message_visibility(
-            QueueUrl=self.settings.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=delay_seconds
-        )
-
-    def _to_dlq(self, message: dict[str, Any], reason: str) -> None:
-        """Copy the message to the DLQ with its reason, then delete it from the work queue."""
-        if not self.settings.dlq_url:
-            log.error("no DLQ configured; leaving the message for the queue's redrive policy")
+    def _failed_attempt(self, job: Job, err: RuntimeFailure) -> None:
+        if err.retryable and job.attempt < self.settings.max_receive_count:
+            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (job.attempt - 1)) * random.uniform(0.5, 1.0)
+            self.effects.release(job, int(delay))
+            metrics.RETRIES.inc()
+            log.warning("retryable failure, next try in %.0f s: %s", delay, err, extra=job.log_extra)
             return
-        attrs = {k: v for k, v in (message.get("MessageAttributes") or {}).items() if k in ("runtime", "priority")}
-        attrs["reason"] = {"DataType": "String", "StringValue": reason[:1000]}
-        self.clients.sqs.send_message(QueueUrl=self.settings.dlq_url, MessageBody=message["Body"], MessageAttributes=attrs)
-        metrics.DLQ_MOVES.inc()
-        self._delete(message)
+        reason = f"gave up after {job.attempt} attempt(s): {err}" if err.retryable else str(err)
+        # the terminal status first: a crash between the two leaves a finished task, never a lost one
+        self.effects.end(job.task, TaskStatus.FAILED, error=reason, attempt=job.attempt)
+        if err.retryable:
+            self.effects.to_dlq(job.message, job.queue_url, reason)
+        else:
+            self.effects.delete(job)
+        log.error("task failed: %s", reason, extra=job.log_extra)
+
+    def _drop_cancelled(self, job: Job) -> None:
+        """The API already ended the task `cancelled` and sent its notification: only the message is left."""
+        self.effects.delete(job)
+        self.inflight.remove(job)
+        log.info("cancelled task dropped", extra=job.log_extra)
+
+    # -- cancellation ---------------------------------------------------------------------------------
+    def _is_cancelled(self, task_id: str) -> bool:
+        record = self.clients.store.get(task_id)
+        return bool(record and record.get("status") == TaskStatus.CANCELLED.value)
+
+    def _on_cancel(self, job: Job) -> None:
+        with self._lock:
+            running = job in self._running
+        if running:
+            self.runtime.interrupt()

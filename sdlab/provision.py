@@ -47,17 +47,23 @@ class Names:
     def queue(self, runtime: str) -> str:
         return f"{self.stack}-{runtime}"
 
+    def high_queue(self, runtime: str) -> str:
+        return f"{self.stack}-{runtime}-high"
+
     def dlq(self, runtime: str) -> str:
         return f"{self.stack}-{runtime}-dlq"
 
 
 @dataclass
 class QueueInfo:
+    """A runtime's queues: normal work, high-priority work (drained first), and their shared DLQ."""
+
     url: str
     arn: str
+    high_url: str
+    high_arn: str
     dlq_url: str
     dlq_arn: str
-    subscription_arn: str = ""
 
 
 @dataclass
@@ -121,22 +127,30 @@ def ensure_queue(sqs: Any, name: str, attributes: dict[str, str], stack: str) ->
 
 
 def ensure_runtime_queue(sqs: Any, names: Names, runtime: str, settings: QueueSettings) -> QueueInfo:
-    """The runtime's work queue and its dead-letter queue (redrive after `max_receive_count` receives)."""
+    """The runtime's normal and high-priority work queues and their dead-letter queue
+    (redrive after `max_receive_count` receives)."""
     dlq_url, dlq_arn = ensure_queue(
         sqs, names.dlq(runtime), {"MessageRetentionPeriod": str(14 * 24 * 3600)}, names.stack
     )
-    url, arn = ensure_queue(
-        sqs,
-        names.queue(runtime),
-        {
-            "VisibilityTimeout": str(settings.visibility_timeout_seconds),
-            "MessageRetentionPeriod": str(settings.message_retention_seconds),
-            "ReceiveMessageWaitTimeSeconds": str(settings.receive_wait_seconds),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count}),
-        },
-        names.stack,
-    )
-    return QueueInfo(url=url, arn=arn, dlq_url=dlq_url, dlq_arn=dlq_arn)
+    attributes = {
+        "VisibilityTimeout": str(settings.visibility_timeout_seconds),
+        "MessageRetentionPeriod": str(settings.message_retention_seconds),
+        "ReceiveMessageWaitTimeSeconds": str(settings.receive_wait_seconds),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receive_count}),
+    }
+    url, arn = ensure_queue(sqs, names.queue(runtime), attributes, names.stack)
+    high_url, high_arn = ensure_queue(sqs, names.high_queue(runtime), attributes, names.stack)
+    return QueueInfo(url=url, arn=arn, high_url=high_url, high_arn=high_arn, dlq_url=dlq_url, dlq_arn=dlq_arn)
+
+
+def runtime_filter_policies(runtime: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(normal, high) subscription filters: high gets `priority=high`; normal gets the rest, including
+    messages published straight to SNS without a `priority` attribute."""
+    normal = {"$or": [
+        {"runtime": [runtime], "priority": [{"anything-but": ["high"]}]},
+        {"runtime": [runtime], "priority": [{"exists": False}]},
+    ]}
+    return normal, {"runtime": [runtime], "priority": ["high"]}
 
 
 def allow_topic_to_send(sqs: Any, queue_url: str, queue_arn: str, topic_arn: str) -> None:
@@ -210,8 +224,10 @@ def provision(settings: Settings, target: AwsTarget) -> StackResources:
     )
     for rt in settings.runtimes:
         info = ensure_runtime_queue(sqs, names, rt.name, rt.queue)
-        allow_topic_to_send(sqs, info.url, info.arn, resources.tasks_topic_arn)
-        info.subscription_arn = ensure_subscription(sns, resources.tasks_topic_arn, info.arn, {"runtime": [rt.name]})
+        normal, high = runtime_filter_policies(rt.name)
+        for url, arn, policy in ((info.url, info.arn, normal), (info.high_url, info.high_arn, high)):
+            allow_topic_to_send(sqs, url, arn, resources.tasks_topic_arn)
+            ensure_subscription(sns, resources.tasks_topic_arn, arn, policy)
         resources.queues[rt.name] = info
         log.info("runtime %s: queue %s (DLQ after %d receives)", rt.name, info.url, rt.queue.max_receive_count)
     return resources
@@ -260,7 +276,7 @@ def teardown(settings: Settings, target: AwsTarget, *, delete_bucket: bool = Tru
         if _ignore_missing(sns.delete_topic, TopicArn=arn):
             removed.append(arn)
     for rt in settings.runtimes:
-        for queue in (names.queue(rt.name), names.dlq(rt.name)):
+        for queue in (names.queue(rt.name), names.high_queue(rt.name), names.dlq(rt.name)):
             try:
                 url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
             except ClientError:

@@ -36,6 +36,7 @@ def agent_environment(runtime: RuntimeSettings, resources: StackResources, targe
         envvars.AGENT_RUNTIME_TYPE: runtime.type,
         envvars.AGENT_RUNTIME_URL: runtime_url,
         envvars.AGENT_QUEUE_URL: queue.url,
+        envvars.AGENT_HIGH_QUEUE_URL: queue.high_url,
         envvars.AGENT_DLQ_URL: queue.dlq_url,
         envvars.BUCKET: resources.bucket,
         envvars.TASK_TABLE: resources.table,

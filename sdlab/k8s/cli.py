@@ -29,6 +29,7 @@ def context_for(settings: Settings, *, account_id: str, registry: str, cluster: 
         runtime_images={"diffusers": runtime_image, "sdwebui": f"{registry}/sdwebui:latest",
                         "comfyui": f"{registry}/comfyui:latest", **(images or {})},
         queue_urls={rt.name: f"{sqs}/{names.queue(rt.name)}" for rt in settings.runtimes},
+        high_queue_urls={rt.name: f"{sqs}/{names.high_queue(rt.name)}" for rt in settings.runtimes},
         dlq_urls={rt.name: f"{sqs}/{names.dlq(rt.name)}" for rt in settings.runtimes},
         results_topic_arn=f"arn:aws:sns:{region}:{account_id}:{names.results_topic}",
         task_table=names.table,

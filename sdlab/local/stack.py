@@ -119,7 +119,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
             proc = started.start(f"agent-{rt.name}", ["-m", "agent"], env, logs, f"http://127.0.0.1:{health_port}")
             started.wait(proc, f"http://127.0.0.1:{health_port}/readyz", 60)
             queue = resources.queues[rt.name]
-            runtimes[rt.name] |= {"queue_url": queue.url, "dlq_url": queue.dlq_url,
+            runtimes[rt.name] |= {"queue_url": queue.url, "high_queue_url": queue.high_url, "dlq_url": queue.dlq_url,
                                   "agent_url": f"http://127.0.0.1:{health_port}"}
     except BaseException:
         stop(started.procs)

@@ -20,7 +20,7 @@ def test_provision_is_idempotent_and_tagged(test_settings, target):
     sqs = client("sqs", target)
     names = Names.of(test_settings)
     queues = sqs.list_queues(QueueNamePrefix=names.stack)["QueueUrls"]
-    assert len(queues) == 2 * len(test_settings.runtimes), queues  # one work queue + one DLQ each, no duplicates
+    assert len(queues) == 3 * len(test_settings.runtimes), queues  # normal + high + DLQ each, no duplicates
     for info in first.queues.values():
         tags = sqs.list_queue_tags(QueueUrl=info.url)["Tags"]
         assert tags[STACK_TAG] == test_settings.stack.name
@@ -41,6 +41,10 @@ def test_provision_routes_by_runtime_attribute(test_settings, target):
                 MessageAttributes={"runtime": {"DataType": "String", "StringValue": "rt-zzz"}})
     got_a = sqs.receive_message(QueueUrl=res.queues["rt-a"].url, WaitTimeSeconds=1, MaxNumberOfMessages=10,
                                 MessageAttributeNames=["All"]).get("Messages", [])
+    sns.publish(TopicArn=res.tasks_topic_arn, Message='{"hello": "a-high"}', MessageAttributes={
+        "runtime": {"DataType": "String", "StringValue": "rt-a"}, "priority": {"DataType": "String", "StringValue": "high"}})
+    got_high = sqs.receive_message(QueueUrl=res.queues["rt-a"].high_url, WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in got_high] == ['{"hello": "a-high"}']
     got_b = sqs.receive_message(QueueUrl=res.queues["rt-b"].url, WaitTimeSeconds=1).get("Messages", [])
     assert [m["Body"] for m in got_a] == ['{"hello": "a"}']  # raw delivery: the body is the message itself
     assert got_a[0]["MessageAttributes"]["runtime"]["StringValue"] == "rt-a"

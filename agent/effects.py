@@ -1,0 +1,121 @@
+"""What a task leaves behind: images and result.json in S3, its terminal status, its notification, the message.
+
+The order is the guarantee: outputs first (deterministic keys, so a retry overwrites), then the terminal status
+(conditional: exactly one writer wins), then the notification (only by the winner), then the message is deleted.
+A crash anywhere before the delete leaves the message to be delivered again; a crash after the status write
+leaves a finished task whose redelivered message is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent import metrics
+from agent.jobs import Job
+from agent.runtimes import RuntimeResult
+from agent.settings import AgentSettings
+from sdlab.contracts import Notification, TaskMessage, TaskStatus, Timings, image_key, output_prefix, result_key
+from sdlab.taskstore import TaskStore, TransitionRefused
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Clients:
+    sqs: Any
+    s3: Any
+    sns: Any
+    store: TaskStore
+
+
+class Effects:
+    def __init__(self, settings: AgentSettings, clients: Clients) -> None:
+        self.settings = settings
+        self.clients = clients
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def store_outputs(self, task: TaskMessage, result: RuntimeResult, run_s: float) -> list[str]:
+        bucket = self.settings.bucket
+        keys = []
+        for n, png in enumerate(result.images):
+            key = image_key(task.prefix, task.id, n)
+            self.clients.s3.put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
+            keys.append(f"s3://{bucket}/{key}")
+        summary = {"id": task.id, "runtime": task.runtime, "status": "completed", "images": keys,
+                   "info": result.info, "run_s": round(run_s, 3)}
+        self.clients.s3.put_object(Bucket=bucket, Key=result_key(task.prefix, task.id),
+                                   Body=json.dumps(summary).encode(), ContentType="application/json")
+        return keys
+
+    def discard_outputs(self, task: TaskMessage, count: int) -> None:
+        """Remove what a task wrote when its result must not stand (it was cancelled meanwhile)."""
+        keys = [image_key(task.prefix, task.id, n) for n in range(count)] + [result_key(task.prefix, task.id)]
+        self.clients.s3.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+
+    # -- status and notification -------------------------------------------------------------------
+    def end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None, error: str | None = None,
+            run_s: float | None = None, started_at: float | None = None, attempt: int | None = None) -> bool:
+        """Move the task to `status` and notify; False when another writer ended it first (no second notification)."""
+        now = time.time()
+        queued_s = max(0.0, (started_at or now) - task.submitted_at)
+        fields: dict[str, Any] = {"finished_at": now, "queued_s": round(queued_s, 3)}
+        if started_at is not None:
+            fields["started_at"] = started_at
+        if images is not None:
+            fields |= {"images": images, "image_count": len(images)}
+        if run_s is not None:
+            fields["run_s"] = round(run_s, 3)
+        if error:
+            fields["error"] = error
+        if attempt is not None:
+            fields["attempts"] = attempt
+        try:
+            self.clients.store.finish(task.id, status, **fields)
+        except TransitionRefused as refused:
+            current = refused.current.get("status") if refused.current else None
+            log.info("task already %s; no second notification", current, extra={"task_id": task.id})
+            return False
+        self.notify(task, status, images or [], error, Timings(queued_s=fields["queued_s"], run_s=fields.get("run_s")))
+        metrics.TASKS.labels(status=status.value).inc()
+        metrics.QUEUE_WAIT_SECONDS.observe(queued_s)
+        if run_s is not None:
+            metrics.RUN_SECONDS.observe(run_s)
+        return True
+
+    def notify(self, task: TaskMessage, status: TaskStatus, images: list[str], error: str | None, timings: Timings) -> None:
+        note = Notification(
+            id=task.id, runtime=task.runtime, status=status, images=images, error=error, timings=timings,
+            context=task.context, output_location=f"s3://{self.settings.bucket}/{output_prefix(task.prefix, task.id)}",
+        )
+        self.clients.sns.publish(
+            TopicArn=self.settings.results_topic_arn,
+            Message=note.model_dump_json(),
+            MessageAttributes={
+                "runtime": {"DataType": "String", "StringValue": task.runtime},
+                "status": {"DataType": "String", "StringValue": status.value},
+            },
+        )
+
+    # -- messages ----------------------------------------------------------------------------------
+    def delete(self, job: Job) -> None:
+        self.clients.sqs.delete_message(QueueUrl=job.queue_url, ReceiptHandle=job.receipt)
+
+    def release(self, job: Job, delay_seconds: int = 0) -> None:
+        """Make the message visible again after `delay_seconds` (0: at once, for another agent)."""
+        self.clients.sqs.change_message_visibility(QueueUrl=job.queue_url, ReceiptHandle=job.receipt,
+                                                   VisibilityTimeout=max(0, min(delay_seconds, 43200)))
+
+    def to_dlq(self, message: dict[str, Any], queue_url: str, reason: str) -> None:
+        """Copy the message to the DLQ with its reason as an attribute, then delete it from its queue."""
+        if not self.settings.dlq_url:
+            log.error("no DLQ configured; leaving the message to the queue's redrive policy")
+            return
+        attrs = {k: v for k, v in (message.get("MessageAttributes") or {}).items() if k in ("runtime", "priority")}
+        attrs["reason"] = {"DataType": "String", "StringValue": reason[:1000]}
+        self.clients.sqs.send_message(QueueUrl=self.settings.dlq_url, MessageBody=message["Body"], MessageAttributes=attrs)
+        metrics.DLQ_MOVES.inc()
+        self.clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -1,0 +1,151 @@
+"""The receiving side of the agent, on its own thread, so the next task is ready before the runtime is free.
+
+For each message: parse it (unparseable → DLQ with the reason), drop it if its task has expired (`expired`) or
+already ended (a redelivery), mark the task `running` (conditional), and hand it to the worker through a small
+buffer. High-priority messages are taken before normal ones. The buffer is bounded by free slots, so the agent
+never holds more messages than it can start soon (held messages are kept invisible by `Inflight`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError as PydanticValidationError
+
+from agent import metrics
+from agent.effects import Effects
+from agent.jobs import Inflight, Job
+from agent.settings import AgentSettings
+from sdlab.contracts import TaskMessage, TaskStatus
+from sdlab.taskstore import TransitionRefused
+
+log = logging.getLogger(__name__)
+MAX_POLL_SECONDS = 5  # bounds how long a shutdown waits for an in-flight long poll
+HIGH_FIRST_POLL_SECONDS = 2  # with a high-priority queue, the normal queue is polled briefly so high work is not kept waiting
+
+
+class Receiver:
+    def __init__(self, settings: AgentSettings, effects: Effects, inflight: Inflight, capacity: int) -> None:
+        self.settings = settings
+        self.effects = effects
+        self.inflight = inflight
+        self.buffer: queue.Queue[Job] = queue.Queue()
+        self.slots = threading.Semaphore(capacity)
+        self.stopping = threading.Event()
+        self.idle = threading.Event()  # set after a poll of every queue came back empty
+        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = MAX_POLL_SECONDS + 2) -> None:
+        self.stopping.set()
+        self._thread.join(timeout)
+
+    def take(self, timeout: float) -> Job | None:
+        """The next buffered job (frees its slot), or None after `timeout`."""
+        try:
+            job = self.buffer.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.slots.release()
+        return job
+
+    def take_nowait(self) -> Job | None:
+        return self.take(0) if not self.buffer.empty() else None
+
+    def drain(self) -> list[Job]:
+        """Everything still buffered (for release at shutdown)."""
+        jobs = []
+        while (job := self.take_nowait()) is not None:
+            jobs.append(job)
+        return jobs
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            if not self.slots.acquire(timeout=0.5):
+                continue
+            free = 1
+            while free < 10 and self.slots.acquire(blocking=False):
+                free += 1
+            try:
+                messages = self._receive(free)
+            except ClientError:
+                log.exception("receive failed; retrying in 2 s")
+                messages = []
+                self.stopping.wait(2.0)
+            for _ in range(free - len(messages)):
+                self.slots.release()
+            self.idle.clear() if messages else self.idle.set()
+            for queue_url, message in messages:
+                job = self._admit(queue_url, message)
+                if job is None:
+                    self.slots.release()
+                else:
+                    self.buffer.put(job)
+
+    def _receive(self, count: int) -> list[tuple[str, dict[str, Any]]]:
+        polls = [(self.settings.queue_url, min(self.settings.wait_time_seconds, MAX_POLL_SECONDS))]
+        if self.settings.high_queue_url:
+            polls = [(self.settings.high_queue_url, 0),
+                     (self.settings.queue_url, min(self.settings.wait_time_seconds, HIGH_FIRST_POLL_SECONDS))]
+        for url, wait in polls:
+            out = self.effects.clients.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=count, WaitTimeSeconds=wait,
+                VisibilityTimeout=self.settings.visibility_timeout_seconds,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"], MessageAttributeNames=["All"],
+            )
+            if out.get("Messages"):
+                return [(url, m) for m in out["Messages"]]
+        return []
+
+    def _admit(self, queue_url: str, message: dict[str, Any]) -> Job | None:
+        mid = message["MessageId"]
+        attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        try:
+            task = TaskMessage.model_validate_json(message["Body"])
+        except (PydanticValidationError, ValueError) as err:
+            self.effects.to_dlq(message, queue_url, f"unparseable message: {str(err)[:500]}")
+            metrics.TASKS.labels(status="poison").inc()
+            log.error("message cannot be parsed; moved to the DLQ", extra={"message_id": mid})
+            return None
+        job = Job(message=message, queue_url=queue_url, task=task, attempt=attempt)
+        self.inflight.add(job)
+        try:
+            if task.expired():
+                self.effects.end(task, TaskStatus.EXPIRED, error=f"not started within ttl_seconds={task.ttl_seconds}")
+                self._drop(job)
+                return None
+            if not self._start(job):
+                log.info("task already ended; dropping the redelivered message", extra=job.log_extra)
+                self._drop(job)
+                return None
+        except ClientError:
+            log.exception("could not start the task; the message will be delivered again", extra=job.log_extra)
+            self.inflight.remove(job)
+            return None
+        return job
+
+    def _start(self, job: Job) -> bool:
+        """queued|running → running; creates the record of a task published straight to SNS. False if it already ended."""
+        store = self.effects.clients.store
+        try:
+            store.start(job.task.id, started_at=time.time(), attempts=job.attempt)
+        except TransitionRefused as refused:
+            if refused.current is not None:
+                return False
+            task = job.task
+            store.create({"id": task.id, "runtime": task.runtime, "task_type": task.task_type,
+                          "prefix": task.prefix, "created_at": task.submitted_at})
+            store.start(task.id, started_at=time.time(), attempts=job.attempt)
+        return True
+
+    def _drop(self, job: Job) -> None:
+        self.effects.delete(job)
+        self.inflight.remove(job)
