@@ -18,6 +18,7 @@ from agent import metrics
 from agent.jobs import Job
 from agent.runtimes import RuntimeResult
 from agent.settings import AgentSettings
+from sdlab import notify
 from sdlab.contracts import Notification, TaskMessage, TaskStatus, Timings, image_key, output_prefix, result_key
 from sdlab.taskstore import TaskStore, TransitionRefused
 
@@ -91,14 +92,7 @@ class Effects:
             id=task.id, runtime=task.runtime, status=status, images=images, error=error, timings=timings,
             context=task.context, output_location=f"s3://{self.settings.bucket}/{output_prefix(task.prefix, task.id)}",
         )
-        self.clients.sns.publish(
-            TopicArn=self.settings.results_topic_arn,
-            Message=note.model_dump_json(),
-            MessageAttributes={
-                "runtime": {"DataType": "String", "StringValue": task.runtime},
-                "status": {"DataType": "String", "StringValue": status.value},
-            },
-        )
+        notify.publish(self.clients.sns, self.settings.results_topic_arn, note)
 
     # -- messages ----------------------------------------------------------------------------------
     def delete(self, job: Job) -> None:

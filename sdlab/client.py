@@ -115,6 +115,24 @@ class Client:
         """The task record: status, timings, error, presigned image URLs."""
         return self._call("GET", f"/v1/tasks/{task_id}")
 
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel a queued or running task; raises ApiError 409 if it already ended."""
+        return self._call("DELETE", f"/v1/tasks/{task_id}")
+
+    def list(self, runtime: str, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent tasks of `runtime`, newest first, following pages up to `limit` tasks."""
+        tasks: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"runtime": runtime, "limit": min(limit, 200)}
+        if status:
+            params["status"] = status
+        while len(tasks) < limit:
+            page = self._call("GET", "/v1/tasks", params=params)
+            tasks += page["tasks"]
+            if not page["next_token"]:
+                break
+            params["next_token"] = page["next_token"]
+        return tasks[:limit]
+
     def wait(self, task_ids: list[str] | str, timeout: float = 300.0) -> dict[str, Notification]:
         """Block until a notification for every id arrived (or raise TimeoutError naming the missing ones)."""
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)

@@ -42,7 +42,7 @@ class Limits(_Strict):
 class QueueSettings(_Strict):
     """SQS settings of one runtime's queue."""
 
-    visibility_timeout_seconds: int = Field(120, ge=10, le=43200)
+    visibility_timeout_seconds: int = Field(120, ge=2, le=43200)
     max_receive_count: int = Field(3, ge=1, le=1000)
     message_retention_seconds: int = Field(4 * 24 * 3600, ge=60, le=14 * 24 * 3600)
     receive_wait_seconds: int = Field(20, ge=0, le=20)

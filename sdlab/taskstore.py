@@ -74,6 +74,23 @@ class TaskStore:
         out = self._db.get_item(TableName=self._table, Key={"id": {"S": task_id}}, ConsistentRead=True)
         return _deserialize(out["Item"]) if "Item" in out else None
 
+    def list_runtime(self, runtime: str, *, status: str | None = None, limit: int = 50,
+                     start_key: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Newest first, from the `by_runtime` index; returns (records, key to continue from or None)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table, "IndexName": "by_runtime", "ScanIndexForward": False, "Limit": limit,
+            "KeyConditionExpression": "#rt = :rt", "ExpressionAttributeNames": {"#rt": "runtime"},
+            "ExpressionAttributeValues": {":rt": {"S": runtime}},
+        }
+        if status:
+            kwargs["FilterExpression"] = "#st = :st"
+            kwargs["ExpressionAttributeNames"]["#st"] = "status"
+            kwargs["ExpressionAttributeValues"][":st"] = {"S": status}
+        if start_key:
+            kwargs["ExclusiveStartKey"] = start_key
+        out = self._db.query(**kwargs)
+        return [_deserialize(item) for item in out.get("Items", [])], out.get("LastEvaluatedKey")
+
     def delete(self, task_id: str) -> None:
         self._db.delete_item(TableName=self._table, Key={"id": {"S": task_id}})
 

@@ -19,6 +19,7 @@ def api_environment(settings: Settings, resources: StackResources, target: AwsTa
         **target.env(),
         envvars.TASK_TABLE: resources.table,
         envvars.TASKS_TOPIC_ARN: resources.tasks_topic_arn,
+        envvars.RESULTS_TOPIC_ARN: resources.results_topic_arn,
         envvars.BUCKET: resources.bucket,
         envvars.OUTPUT_PREFIX: settings.stack.output_prefix,
         envvars.RUNTIMES: json.dumps({rt.name: {"type": rt.type} for rt in settings.runtimes}, sort_keys=True),

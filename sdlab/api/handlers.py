@@ -17,13 +17,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sdlab import envvars
+from sdlab import envvars, notify
 from sdlab.api import validation
 from sdlab.aws import AwsTarget, client
 from sdlab.config import Limits
-from sdlab.contracts import TaskMessage, check_task_id, image_key, new_task_id, output_prefix
+from sdlab.contracts import (
+    Notification,
+    TaskMessage,
+    TaskStatus,
+    Timings,
+    check_task_id,
+    image_key,
+    new_task_id,
+    output_prefix,
+)
 from sdlab.errors import ConfigError, ValidationError
-from sdlab.taskstore import TaskExists, TaskStore
+from sdlab.taskstore import TaskExists, TaskStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 PRESIGN_SECONDS = 3600
@@ -41,6 +50,7 @@ class ApiSettings:
     output_prefix: str
     runtimes: Mapping[str, str]  # name -> runtime type
     limits: Limits
+    results_topic_arn: str | None = None  # cancel publishes the `cancelled` notification
     status_base_url: str | None = None
 
     @classmethod
@@ -61,6 +71,7 @@ class ApiSettings:
             output_prefix=env.get(envvars.OUTPUT_PREFIX, "outputs"),
             runtimes=runtimes,
             limits=limits,
+            results_topic_arn=env.get(envvars.RESULTS_TOPIC_ARN) or None,
             status_base_url=env.get(envvars.STATUS_BASE_URL) or None,
         )
 
@@ -119,8 +130,6 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     """Validate, record as `queued`, publish with the `runtime` attribute, answer 202."""
     body = event.get("body")
     if event.get("isBase64Encoded") and body:
-        import base64
-
         body = base64.b64decode(body)
     data = validation.parse_body(body, _header(event, "Content-Type"), settings.limits)
     request = validation.parse_request(data)
@@ -171,12 +180,75 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     })
 
 
-def get_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
-    """Status, timings, error and presigned image URLs of one task."""
+def _task_id(value: str) -> str:
     try:
-        check_task_id(task_id)
+        return check_task_id(value)
     except ValueError as err:
         raise ValidationError("id", str(err)) from err
+
+
+LIST_FIELDS = ("id", "runtime", "task_type", "status", "priority", "created_at", "started_at", "finished_at",
+               "queued_s", "run_s", "attempts", "image_count", "error")
+
+
+def list_tasks(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """Recent tasks of one runtime, newest first: `?runtime=&status=&limit=&next_token=`."""
+    query = event.get("queryStringParameters") or {}
+    unknown = sorted(set(query) - {"runtime", "status", "limit", "next_token"})
+    if unknown:
+        raise ValidationError(unknown[0], "unknown query parameter; use runtime, status, limit, next_token")
+    runtime = query.get("runtime")
+    if not runtime:
+        raise ValidationError("runtime", f"required; tasks are listed per runtime, one of {sorted(settings.runtimes)}")
+    if runtime not in settings.runtimes:
+        return error(404, "unknown_runtime", f"runtime {runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
+    status = query.get("status")
+    if status is not None and status not in {s.value for s in TaskStatus}:
+        raise ValidationError("status", f"{status!r} is not a status; use one of {[s.value for s in TaskStatus]}")
+    try:
+        limit = int(query.get("limit", "50"))
+        if not 1 <= limit <= 200:
+            raise ValueError
+    except ValueError as err:
+        raise ValidationError("limit", "must be an integer 1..200") from err
+    start_key = None
+    if query.get("next_token"):
+        try:
+            start_key = json.loads(base64.urlsafe_b64decode(query["next_token"].encode()))
+            if not isinstance(start_key, dict):
+                raise ValueError
+        except (ValueError, binascii.Error) as err:
+            raise ValidationError("next_token", "is not a token this API returned; drop it to start over") from err
+    store, _, _ = _clients(settings)
+    records, last = store.list_runtime(runtime, status=status, limit=limit, start_key=start_key)
+    body: dict[str, Any] = {"tasks": [{k: r[k] for k in LIST_FIELDS if k in r} for r in records]}
+    body["next_token"] = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+    return response(200, body)
+
+
+def cancel_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
+    """A queued task never runs; a running one is interrupted (or its result discarded). Notifies `cancelled`."""
+    store, sns, _ = _clients(settings)
+    try:
+        record = store.transition(_task_id(task_id), TaskStatus.CANCELLED, {TaskStatus.QUEUED, TaskStatus.RUNNING},
+                                  finished_at=time.time(), error="cancelled by the client")
+    except TransitionRefused as refused:
+        if refused.current is None:
+            return error(404, "unknown_task", f"no task with id {task_id!r}", "id")
+        return error(409, "already_ended", f"task {task_id!r} already ended {refused.current['status']}; nothing to cancel", "id")
+    if settings.results_topic_arn:
+        notify.publish(sns, settings.results_topic_arn, Notification(
+            id=task_id, runtime=record["runtime"], status=TaskStatus.CANCELLED, error=record["error"],
+            output_location=record.get("output_location"), context=record.get("context"),
+            timings=Timings(queued_s=round(record["finished_at"] - record["created_at"], 3))))
+    log.info("cancelled task %s", task_id)
+    record.pop("expires_at", None)
+    return response(200, record)
+
+
+def get_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
+    """Status, timings, error and presigned image URLs of one task."""
+    _task_id(task_id)
     store, _, s3 = _clients(settings)
     record = store.get(task_id)
     if record is None:
@@ -198,13 +270,19 @@ def route(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     if path.rstrip("/") == "/v1/tasks":
         if method == "POST":
             return submit(event, settings)
-        return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks; use POST", headers={"Allow": "POST"})
+        if method == "GET":
+            return list_tasks(event, settings)
+        return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks; use POST or GET",
+                     headers={"Allow": "GET, POST"})
     match = _TASK_PATH.match(path)
     if match:
         if method == "GET":
             return get_task(match["id"], settings)
-        return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks/{{id}}; use GET", headers={"Allow": "GET"})
-    return error(404, "not_found", f"no route {path}; the API serves POST /v1/tasks and GET /v1/tasks/{{id}}")
+        if method == "DELETE":
+            return cancel_task(match["id"], settings)
+        return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks/{{id}}; use GET or DELETE",
+                     headers={"Allow": "GET, DELETE"})
+    return error(404, "not_found", f"no route {path}; the API serves /v1/tasks and /v1/tasks/{{id}}")
 
 
 def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:

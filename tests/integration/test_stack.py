@@ -115,8 +115,10 @@ def test_stack_rejects_invalid_requests_and_enqueues_nothing(stack, headers, bod
 
 def test_stack_methods_and_unknown_tasks(stack):
     headers = {"x-api-key": stack["api_key"]}
-    assert httpx.get(f"{stack['api_url']}/v1/tasks", headers=headers).status_code == 405
+    assert httpx.put(f"{stack['api_url']}/v1/tasks", headers=headers).status_code == 405
     assert httpx.put(f"{stack['api_url']}/v1/tasks/x", headers=headers).status_code == 405
+    listing = httpx.get(f"{stack['api_url']}/v1/tasks", headers=headers)
+    assert listing.status_code == 400 and listing.json()["error"]["field"] == "runtime"
     missing = httpx.get(f"{stack['api_url']}/v1/tasks/not-a-task", headers=headers)
     assert missing.status_code == 404 and missing.json()["error"]["field"] == "id"
     assert httpx.get(f"{stack['api_url']}/v1/tasks/not-a-task").status_code == 403
