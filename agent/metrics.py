@@ -14,3 +14,6 @@ RUN_SECONDS = Histogram("sdlab_agent_run_seconds", "Runtime call duration per ta
 RUNTIME_BUSY = Summary("sdlab_agent_runtime_busy_seconds", "Seconds the runtime spent on this agent's tasks")
 BUSY_FRACTION = Gauge("sdlab_agent_runtime_busy_fraction",
                       "Share of wall time since the first task that the runtime spent on this agent's tasks")
+IDLE_GAP_SECONDS = Histogram("sdlab_agent_runtime_idle_gap_seconds",
+                             "Runtime idle time between the end of one call and the start of the next",
+                             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))

@@ -21,6 +21,7 @@ import random
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -68,6 +69,7 @@ class Worker:
         self.busy_seconds = 0.0
         self._first_call: float | None = None
         self._last_call_end: float | None = None
+        self.idle_gaps: deque[float] = deque(maxlen=100_000)  # runtime idle between consecutive calls, seconds
 
     # -- signals -------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -96,6 +98,12 @@ class Worker:
         log.error("runtime at %s not ready within %.0f s", self.settings.runtime_url,
                   self.settings.runtime_ready_timeout_seconds)
         return False
+
+    def call_window_seconds(self) -> float:
+        """From the start of the first runtime call to the end of the last."""
+        if self._first_call is None or self._last_call_end is None:
+            return 0.0
+        return self._last_call_end - self._first_call
 
     def busy_fraction(self) -> float:
         """Share of wall time, from the first runtime call to the end of the last, the runtime spent on tasks."""
@@ -148,6 +156,9 @@ class Worker:
     def _run(self, jobs: list[Job]) -> None:
         started = time.time()
         t0 = time.monotonic()
+        if self._last_call_end is not None:
+            self.idle_gaps.append(t0 - self._last_call_end)
+            metrics.IDLE_GAP_SECONDS.observe(t0 - self._last_call_end)
         with self._lock:
             self._running = jobs
         try:

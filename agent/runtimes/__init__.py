@@ -7,7 +7,11 @@ from agent.runtimes.base import RuntimeAdapter, RuntimeFailure, RuntimeResult
 
 def adapter_for(runtime_type: str, base_url: str, timeout_seconds: float) -> RuntimeAdapter:
     """The adapter that speaks `runtime_type`'s API at `base_url`."""
-    if runtime_type in ("sdwebui", "diffusers"):
+    if runtime_type == "diffusers":
+        from agent.runtimes.diffusers import DiffusersAdapter
+
+        return DiffusersAdapter(base_url, timeout_seconds)
+    if runtime_type == "sdwebui":
         from agent.runtimes.sdwebui import SdWebUIAdapter
 
         return SdWebUIAdapter(base_url, timeout_seconds)
