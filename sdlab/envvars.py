@@ -23,6 +23,13 @@ CRDS_DIR = "SDLAB_CRDS_DIR"  # folder of the KEDA/Karpenter CRDs used to validat
 STATUS_BASE_URL = "SDLAB_STATUS_BASE_URL"  # public base URL of the API, for status_url
 API_KEYS = "SDLAB_API_KEYS"  # comma-separated keys the local gateway accepts
 
+# callback dispatcher
+CALLBACK_QUEUE_URL = "SDLAB_CALLBACK_QUEUE_URL"
+CALLBACK_DLQ_URL = "SDLAB_CALLBACK_DLQ_URL"
+CALLBACK_SECRET = "SDLAB_CALLBACK_SECRET"  # HMAC key of webhook signatures
+CALLBACK_ALLOW_PRIVATE = "SDLAB_CALLBACK_ALLOW_PRIVATE"  # "1": allow loopback/private destinations (local only)
+CALLBACK_CA_BUNDLE = "SDLAB_CALLBACK_CA_BUNDLE"  # extra CA bundle to trust (local test servers)
+
 # queue agent
 AGENT_RUNTIME_NAME = "SDLAB_AGENT_RUNTIME_NAME"
 AGENT_RUNTIME_TYPE = "SDLAB_AGENT_RUNTIME_TYPE"

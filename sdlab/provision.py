@@ -41,6 +41,10 @@ class Names:
         return f"{self.stack}-results"
 
     @property
+    def callbacks_queue(self) -> str:
+        return f"{self.stack}-callbacks"
+
+    @property
     def table(self) -> str:
         return f"{self.stack}-tasks"
 
@@ -74,6 +78,8 @@ class StackResources:
     tasks_topic_arn: str
     results_topic_arn: str
     table: str
+    callbacks_queue_url: str = ""
+    callbacks_dlq_url: str = ""
     queues: dict[str, QueueInfo] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +228,12 @@ def provision(settings: Settings, target: AwsTarget) -> StackResources:
         results_topic_arn=ensure_topic(sns, names.results_topic, names.stack),
         table=ensure_table(ddb, names.table, names.stack),
     )
+    # webhook deliveries: every notification also lands here, for tasks that asked for a callback_url
+    cb_dlq_url, _ = ensure_queue(sqs, f"{names.callbacks_queue}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)}, names.stack)
+    cb_url, cb_arn = ensure_queue(sqs, names.callbacks_queue, {"VisibilityTimeout": "60"}, names.stack)
+    allow_topic_to_send(sqs, cb_url, cb_arn, resources.results_topic_arn)
+    ensure_subscription(sns, resources.results_topic_arn, cb_arn, None)
+    resources.callbacks_queue_url, resources.callbacks_dlq_url = cb_url, cb_dlq_url
     for rt in settings.runtimes:
         info = ensure_runtime_queue(sqs, names, rt.name, rt.queue)
         normal, high = runtime_filter_policies(rt.name)
@@ -275,14 +287,16 @@ def teardown(settings: Settings, target: AwsTarget, *, delete_bucket: bool = Tru
                 removed.append(sub["SubscriptionArn"])
         if _ignore_missing(sns.delete_topic, TopicArn=arn):
             removed.append(arn)
+    queues = [names.callbacks_queue, f"{names.callbacks_queue}-dlq"]
     for rt in settings.runtimes:
-        for queue in (names.queue(rt.name), names.high_queue(rt.name), names.dlq(rt.name)):
-            try:
-                url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
-            except ClientError:
-                continue
-            sqs.delete_queue(QueueUrl=url)
-            removed.append(url)
+        queues += [names.queue(rt.name), names.high_queue(rt.name), names.dlq(rt.name)]
+    for queue in queues:
+        try:
+            url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+        except ClientError:
+            continue
+        sqs.delete_queue(QueueUrl=url)
+        removed.append(url)
     if _ignore_missing(ddb.delete_table, TableName=names.table):
         removed.append(names.table)
     if delete_bucket:

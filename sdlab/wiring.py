@@ -9,7 +9,7 @@ import json
 
 from sdlab import envvars
 from sdlab.aws import AwsTarget
-from sdlab.config import RuntimeSettings, Settings
+from sdlab.config import RuntimeSettings, Settings, StackSettings
 from sdlab.provision import StackResources
 
 
@@ -24,13 +24,26 @@ def api_environment(settings: Settings, resources: StackResources, target: AwsTa
         envvars.OUTPUT_PREFIX: settings.stack.output_prefix,
         envvars.RUNTIMES: json.dumps({rt.name: {"type": rt.type} for rt in settings.runtimes}, sort_keys=True),
         envvars.LIMITS: settings.limits.model_dump_json(),
+        envvars.INPUT_BUCKETS: ",".join(settings.stack.input_buckets),
+    }
+
+
+def callback_environment(resources: StackResources, target: AwsTarget, secret: str) -> dict[str, str]:
+    """Environment of the callback dispatcher."""
+    return {
+        **target.env(),
+        envvars.CALLBACK_QUEUE_URL: resources.callbacks_queue_url,
+        envvars.CALLBACK_DLQ_URL: resources.callbacks_dlq_url,
+        envvars.TASK_TABLE: resources.table,
+        envvars.CALLBACK_SECRET: secret,
     }
 
 
 def agent_environment(runtime: RuntimeSettings, resources: StackResources, target: AwsTarget,
-                      runtime_url: str, health_port: int) -> dict[str, str]:
-    """Environment of one runtime's queue agent."""
+                      runtime_url: str, health_port: int, stack: StackSettings | None = None) -> dict[str, str]:
+    """Environment of one runtime's queue agent (`stack`: input bucket allow-list and workflow prefix)."""
     queue = resources.queues[runtime.name]
+    stack = stack or StackSettings()
     return {
         **target.env(),
         envvars.AGENT_RUNTIME_NAME: runtime.name,
@@ -46,4 +59,6 @@ def agent_environment(runtime: RuntimeSettings, resources: StackResources, targe
         envvars.AGENT_MAX_RECEIVE_COUNT: str(runtime.queue.max_receive_count),
         envvars.AGENT_WAIT_TIME_SECONDS: str(runtime.queue.receive_wait_seconds),
         envvars.AGENT_HEALTH_PORT: str(health_port),
+        envvars.INPUT_BUCKETS: ",".join(stack.input_buckets),
+        envvars.WORKFLOW_PREFIX: stack.workflow_prefix,
     }

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# A small config for tests: two runtimes with different models, quick queue settings.
+# A small config for tests: SD WebUI runtimes with different models and a ComfyUI one, quick queue settings.
 TEST_CONFIG = {
     "version": 1,
     "stack": {"name": "sdlabtest", "region": "us-east-1"},
@@ -20,6 +20,9 @@ TEST_CONFIG = {
         {"name": "rt-a", "type": "sdwebui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1},
          "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
         {"name": "rt-b", "type": "sdwebui", "model": {"name": "tiny-b", "variant": "tiny-wide", "seed": 2},
+         "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
+        # ComfyUI API of the same runtime server (tests/integration/test_runtimes.py)
+        {"name": "rt-c", "type": "comfyui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1},
          "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
     ],
 }
@@ -39,7 +42,22 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(test_settings, tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[dict]:
+def callback_ca(tmp_path_factory: pytest.TempPathFactory):
+    """A test certificate authority; the stack's callback dispatcher trusts it, so tests can run HTTPS webhooks."""
+    import trustme
+
+    from sdlab import envvars
+
+    ca = trustme.CA()
+    bundle = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    os.environ[envvars.CALLBACK_CA_BUNDLE] = str(bundle)
+    yield ca
+    os.environ.pop(envvars.CALLBACK_CA_BUNDLE, None)
+
+
+@pytest.fixture(scope="session")
+def stack(test_settings, tmp_path_factory: pytest.TempPathFactory, model_cache: Path, callback_ca) -> Iterator[dict]:
     """The whole local stack, up once for the session, down (and checked) at the end."""
     from sdlab.local import stack as local_stack
     from sdlab.local.processes import alive

@@ -25,7 +25,8 @@ from sdlab.errors import StackError
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
 from sdlab.models import build_or_locate, sync_models, upload_model, uploaded
 from sdlab.provision import provision
-from sdlab.wiring import agent_environment, api_environment
+from sdlab.wiring import agent_environment, api_environment, callback_environment
+from sdlab.workflows import upload_workflows
 
 log = logging.getLogger(__name__)
 STACK_FILE = "stack.json"
@@ -88,6 +89,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
                              build_or_locate(model, root / "cache" / "models"))
         models_dir = root / "mnt" / settings.stack.model_prefix
         sync_models(s3, resources.bucket, settings.stack.model_prefix, models_dir)
+        upload_workflows(s3, resources.bucket, settings.stack.workflow_prefix)  # named ComfyUI templates
 
         # 4. API gateway + Lambda handler
         api_key = secrets.token_urlsafe(24)
@@ -96,6 +98,11 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         gateway_env = {**api_environment(settings, resources, target), envvars.API_KEYS: api_key,
                        envvars.STATUS_BASE_URL: api_url}
         gateway = started.start("gateway", ["-m", "sdlab.api.gateway", "--port", str(api_port)], gateway_env, logs, api_url)
+
+        # webhooks: the dispatcher Lambda's local event source mapping (private destinations allowed locally)
+        callback_secret = secrets.token_urlsafe(24)
+        started.start("callbacks", ["-m", "sdlab.api.callbacks"],
+                      {**callback_environment(resources, target, callback_secret), envvars.CALLBACK_ALLOW_PRIVATE: "1"}, logs)
 
         # 5. runtimes (started together: model loading overlaps)
         threads = max(1, (os.cpu_count() or 2) // len(settings.runtimes))
@@ -115,7 +122,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         # 6. one agent beside each runtime
         for rt in settings.runtimes:
             health_port = free_port()
-            env = agent_environment(rt, resources, target, runtimes[rt.name]["runtime_url"], health_port)
+            env = agent_environment(rt, resources, target, runtimes[rt.name]["runtime_url"], health_port, settings.stack)
             proc = started.start(f"agent-{rt.name}", ["-m", "agent"], env, logs, f"http://127.0.0.1:{health_port}")
             started.wait(proc, f"http://127.0.0.1:{health_port}/readyz", 60)
             queue = resources.queues[rt.name]
@@ -129,6 +136,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         "stack": settings.stack.name,
         "api_url": api_url,
         "api_key": api_key,
+        "callback_secret": callback_secret,
         "aws_endpoint_url": endpoint,
         "region": target.region,
         "bucket": resources.bucket,
@@ -175,5 +183,6 @@ def status(home: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
         if health is None:
             health = "/readyz" if p["name"].startswith("agent-") else "/healthz"
         running = alive(p["pid"])
-        rows.append({**p, "alive": running, "healthy": bool(running and url and http_ok(url + health)())})
+        # a process without an HTTP endpoint (the callback poller) is healthy while it runs
+        rows.append({**p, "alive": running, "healthy": bool(running and (not url or http_ok(url + health)()))})
     return rows

@@ -19,7 +19,7 @@ def test_provision_is_idempotent_and_tagged(test_settings, target):
     assert first.to_dict() == second.to_dict()
     sqs = client("sqs", target)
     names = Names.of(test_settings)
-    queues = sqs.list_queues(QueueNamePrefix=names.stack)["QueueUrls"]
+    queues = sqs.list_queues(QueueNamePrefix=f"{names.stack}-rt-")["QueueUrls"]
     assert len(queues) == 3 * len(test_settings.runtimes), queues  # normal + high + DLQ each, no duplicates
     for info in first.queues.values():
         tags = sqs.list_queue_tags(QueueUrl=info.url)["Tags"]

@@ -1,0 +1,75 @@
+"""Webhooks end to end: a real HTTPS server on 127.0.0.1 receives signed callbacks from the stack's dispatcher."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sdlab.callbacks import verify
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def webhook(callback_ca):
+    """An HTTPS endpoint that records calls; `fail_first` makes it answer 500 that many times first."""
+    calls: list[tuple[dict, bytes]] = []
+    state = {"fail_first": 0}
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append((dict(self.headers), body))
+            code = 500 if state["fail_first"] > 0 else 200
+            state["fail_first"] -= 1
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    callback_ca.issue_cert("127.0.0.1").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/hook", calls, state
+    server.shutdown()
+
+
+def _wait(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_callback_is_signed_and_delivered_once(stack, client, webhook):
+    url, calls, _ = webhook
+    task = client.submit("rt-a", "webhook", payload={"steps": 4, "width": 64, "height": 64}, callback_url=url)
+    client.wait(task.id, timeout=120)
+    _wait(lambda: client.status(task.id).get("callback_status") == "delivered")
+    mine = [(h, b) for h, b in calls if json.loads(b)["id"] == task.id]
+    assert len(mine) == 1
+    headers, body = mine[0]
+    assert verify(stack["callback_secret"], headers, body)
+    assert not verify("wrong-secret", headers, body)
+    assert json.loads(body)["status"] == "completed"
+
+
+def test_callback_retried_with_backoff_until_delivered(stack, client, webhook):
+    url, calls, state = webhook
+    state["fail_first"] = 1
+    task = client.submit("rt-b", "webhook retry", payload={"steps": 4, "width": 64, "height": 64}, callback_url=url)
+    _wait(lambda: client.status(task.id).get("callback_status") == "delivered", timeout=90)
+    record = client.status(task.id)
+    assert record["callback_attempts"] == 2
+    assert sum(1 for _, b in calls if json.loads(b)["id"] == task.id) == 2
