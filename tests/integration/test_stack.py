@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -142,3 +143,35 @@ def test_status_reports_every_process_healthy(stack):
     names = {r["name"] for r in rows}
     assert {"moto", "gateway", "callbacks", "runtime-rt-a", "runtime-rt-b", "agent-rt-a", "agent-rt-b"} <= names
     assert all(r["healthy"] for r in rows), rows
+
+
+def test_logs_carry_no_key_and_no_prompt(stack, client):
+    secret_prompt = "a secret prompt about a purple walrus"
+    task = client.submit("rt-a", secret_prompt, payload={"steps": 4, "width": 64, "height": 64})
+    client.wait(task.id, timeout=120)
+    logs = {p.name: p.read_text(errors="replace") for p in Path(stack["logs"]).glob("*.log")}
+    assert logs, "no logs written"
+    for name, text in logs.items():
+        assert stack["api_key"] not in text, f"API key in {name}"
+        assert secret_prompt not in text, f"prompt in {name}"
+    # the agent logs "task completed" after it published the notification: read until that line is there
+    deadline = time.monotonic() + 10
+    while True:
+        text = (Path(stack["logs"]) / "agent-rt-a.log").read_text()
+        mine = [json.loads(line) for line in text.splitlines() if line.startswith("{") and task.id in line]
+        if any(line["msg"] == "task completed" for line in mine) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(line["msg"] == "task completed" for line in mine), mine
+    assert all(line["task_id"] == task.id and "message_id" in line for line in mine)
+
+
+def test_agent_probes_and_metrics(stack):
+    agent = stack["runtimes"]["rt-a"]["agent_url"]
+    assert httpx.get(f"{agent}/healthz").status_code == 200
+    assert httpx.get(f"{agent}/readyz").status_code == 200
+    metrics = httpx.get(f"{agent}/metrics").text
+    for name in ("sdlab_agent_tasks_total", "sdlab_agent_queue_wait_seconds_bucket", "sdlab_agent_run_seconds_bucket",
+                 "sdlab_agent_retries_total", "sdlab_agent_dlq_moves_total", "sdlab_agent_runtime_busy_fraction"):
+        assert name in metrics, name
+    assert 'sdlab_agent_tasks_total{status="completed"}' in metrics
