@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "load_config", "up", "down", "status", "display", "__version__"]
+__all__ = ["Client", "load_config", "up", "down", "status", "display", "scaling", "sim", "__version__"]
+_SUBMODULES = {"display", "scaling", "sim"}
 
 if TYPE_CHECKING:
     from sdlab.client import Client
@@ -27,10 +28,10 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     # lazy: `import sdlab` stays cheap and does no work (no boto3 import until used)
-    if name == "display":
+    if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module("sdlab.display")
+        return importlib.import_module(f"sdlab.{name}")
     if name in _LAZY:
         import importlib
 
