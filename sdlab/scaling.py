@@ -46,6 +46,7 @@ class KedaScaler:
 
     settings: ScalingSettings
     scale_down_window_seconds: float = 300.0
+    hpa_sync_seconds: float = HPA_SYNC_SECONDS  # the local autoscaler compresses time for small intervals
     replicas: int = 0
     _last_active: float | None = None
     _next_keda_poll: float = 0.0
@@ -65,13 +66,13 @@ class KedaScaler:
                 self._last_active = now
                 if self.replicas == 0:
                     self.replicas = max(s.min_replicas, 1)
-                    self._next_hpa_sync = now + HPA_SYNC_SECONDS
+                    self._next_hpa_sync = now + self.hpa_sync_seconds
             elif (self.replicas > 0 and s.min_replicas == 0 and self._last_active is not None
                   and now - self._last_active >= s.cooldown_seconds):
                 self.replicas = 0
                 self._recommendations.clear()
         if self.replicas > 0 and now >= self._next_hpa_sync:
-            self._next_hpa_sync = now + HPA_SYNC_SECONDS
+            self._next_hpa_sync = now + self.hpa_sync_seconds
             self._hpa(now, metric)
         return self.replicas
 
