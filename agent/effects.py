@@ -1,9 +1,11 @@
 """What a task leaves behind: images and result.json in S3, its terminal status, its notification, the message.
 
 The order is the guarantee: outputs first (deterministic keys, so a retry overwrites), then the terminal status
-(conditional: exactly one writer wins), then the notification (only by the winner), then the message is deleted.
-A crash anywhere before the delete leaves the message to be delivered again; a crash after the status write
-leaves a finished task whose redelivered message is dropped.
+(conditional: exactly one writer wins), then the notification (only by the winner) and a `notified_at` mark,
+then the message is deleted. A crash anywhere before the delete leaves the message to be delivered again; a
+redelivered message of a finished task is dropped, after its notification is sent if `notified_at` is missing
+(the agent stopped between the status write and the notification). So notifications are at least once: only a
+crash between the publish and the mark sends a second one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from agent import metrics
 from agent.jobs import Job
@@ -81,6 +85,7 @@ class Effects:
             log.info("task already %s; no second notification", current, extra={"task_id": task.id})
             return False
         self.notify(task, status, images or [], error, Timings(queued_s=fields["queued_s"], run_s=fields.get("run_s")))
+        self._mark_notified(task)
         metrics.TASKS.labels(status=status.value).inc()
         metrics.QUEUE_WAIT_SECONDS.observe(queued_s)
         if run_s is not None:
@@ -93,6 +98,18 @@ class Effects:
             context=task.context, output_location=f"s3://{self.settings.bucket}/{output_prefix(task.prefix, task.id)}",
         )
         notify.publish(self.clients.sns, self.settings.results_topic_arn, note)
+
+    def renotify(self, task: TaskMessage, record: dict[str, Any]) -> None:
+        """Send the notification of a task that ended without one, from its record."""
+        self.notify(task, TaskStatus(record["status"]), record.get("images", []), record.get("error"),
+                    Timings(queued_s=record.get("queued_s"), run_s=record.get("run_s")))
+        self._mark_notified(task)
+
+    def _mark_notified(self, task: TaskMessage) -> None:
+        try:
+            self.clients.store.mark_notified(task.id)
+        except ClientError:  # the notification is out: deleting the message matters more than the mark
+            log.warning("could not mark the task notified; a redelivery would notify again", extra={"task_id": task.id})
 
     # -- messages ----------------------------------------------------------------------------------
     def delete(self, job: Job) -> None:

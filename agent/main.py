@@ -7,6 +7,7 @@ import logging
 import sys
 
 from agent import health, logs, metrics
+from agent.inputs import TaskInputs
 from agent.runtimes import adapter_for
 from agent.settings import AgentSettings
 from agent.worker import Clients, Worker
@@ -27,7 +28,8 @@ def build_worker(settings: AgentSettings) -> Worker:
         sns=client("sns", settings.target),
         store=TaskStore(client("dynamodb", settings.target), settings.task_table),
     )
-    runtime = adapter_for(settings.runtime_type, settings.runtime_url, settings.runtime_timeout_seconds)
+    inputs = TaskInputs(clients.s3, settings.bucket, settings.input_buckets, settings.workflow_prefix)
+    runtime = adapter_for(settings.runtime_type, settings.runtime_url, settings.runtime_timeout_seconds, inputs)
     return Worker(settings, clients, runtime)
 
 

@@ -1,14 +1,16 @@
 """The receiving side of the agent, on its own thread, so the next task is ready before the runtime is free.
 
 For each message: parse it (unparseable → DLQ with the reason), drop it if its task has expired (`expired`) or
-already ended (a redelivery), mark the task `running` (conditional), and hand it to the worker through a small
-buffer. High-priority messages are taken before normal ones. The buffer is bounded by free slots, so the agent
-never holds more messages than it can start soon (held messages are kept invisible by `Inflight`).
+already ended (a redelivery; its notification is sent first if the agent that ended it stopped before sending
+it), mark the task `running` (conditional), and hand it to the worker through a small buffer. High-priority
+messages are taken before normal ones. The buffer is bounded by free slots, so the agent never holds more
+messages than it can start soon (held messages are kept invisible by `Inflight`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,11 +24,12 @@ from agent.effects import Effects
 from agent.jobs import Inflight, Job
 from agent.settings import AgentSettings
 from sdlab.contracts import TaskMessage, TaskStatus
-from sdlab.taskstore import TransitionRefused
+from sdlab.taskstore import TaskExists, TransitionRefused
 
 log = logging.getLogger(__name__)
 MAX_POLL_SECONDS = 5  # bounds how long a shutdown waits for an in-flight long poll
 HIGH_FIRST_POLL_SECONDS = 2  # with a high-priority queue, the normal queue is polled briefly so high work is not kept waiting
+AGENT_ENDED = {TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.EXPIRED.value}  # `cancelled`: the API notifies
 
 
 class Receiver:
@@ -122,29 +125,53 @@ class Receiver:
                 self.effects.end(task, TaskStatus.EXPIRED, error=f"not started within ttl_seconds={task.ttl_seconds}")
                 self._drop(job)
                 return None
-            if not self._start(job):
-                log.info("task already ended; dropping the redelivered message", extra=job.log_extra)
-                self._drop(job)
+            ended = self._start(job)
+            if ended is not None:
+                self._settle_ended(job, ended)
                 return None
-        except ClientError:
+        except Exception:  # AWS errors, or a bug: either way the message must not stay held, nor this thread die
             log.exception("could not start the task; the message will be delivered again", extra=job.log_extra)
             self.inflight.remove(job)
             return None
         return job
 
-    def _start(self, job: Job) -> bool:
-        """queued|running → running; creates the record of a task published straight to SNS. False if it already ended."""
+    def _start(self, job: Job) -> dict[str, Any] | None:
+        """queued|running → running; creates the record of a task published straight to SNS.
+        Returns None once started, or the record of a task that already ended."""
         store = self.effects.clients.store
+        task = job.task
         try:
-            store.start(job.task.id, started_at=time.time(), attempts=job.attempt)
+            store.start(task.id, started_at=time.time(), attempts=job.attempt)
+            return None
         except TransitionRefused as refused:
             if refused.current is not None:
-                return False
-            task = job.task
+                return refused.current
+        try:
             store.create({"id": task.id, "runtime": task.runtime, "task_type": task.task_type,
                           "prefix": task.prefix, "created_at": task.submitted_at})
+        except TaskExists:
+            pass  # a copy of the same message reached another agent at the same moment, and it created the record
+        try:
             store.start(task.id, started_at=time.time(), attempts=job.attempt)
-        return True
+        except TransitionRefused as refused:  # that copy already ended it
+            return refused.current or {"id": task.id}
+        return None
+
+    def _settle_ended(self, job: Job, record: dict[str, Any]) -> None:
+        """A message of a task that already ended: a redelivery, or a copy. If the agent that ended the task
+        stopped before publishing its notification (killed, or SNS failed), the notification is sent now."""
+        if record.get("status") in AGENT_ENDED and "notified_at" not in record:
+            settle = self.settings.visibility_timeout_seconds / 3
+            if time.time() - float(record.get("finished_at") or 0) < settle:
+                # its writer may be publishing this very moment: look again once it surely published or died
+                self.effects.release(job, math.ceil(settle))
+                self.inflight.remove(job)
+                return
+            self.effects.renotify(job.task, record)
+            log.warning("task had ended without its notification; sent it now", extra=job.log_extra)
+        else:
+            log.info("task already ended; dropping the redelivered message", extra=job.log_extra)
+        self._drop(job)
 
     def _drop(self, job: Job) -> None:
         self.effects.delete(job)

@@ -33,6 +33,8 @@ class AgentSettings:
     health_port: int = 0
     health_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    input_buckets: tuple[str, ...] = ()  # besides `bucket`, where s3:// input images may come from
+    workflow_prefix: str = "workflows"  # named ComfyUI workflow templates: s3://<bucket>/<prefix>/<name>.json
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> AgentSettings:
@@ -76,5 +78,7 @@ class AgentSettings:
             target=AwsTarget.from_env(),
             log_level=env.get(envvars.AGENT_LOG_LEVEL, "INFO"),
             health_host=env.get(envvars.AGENT_HEALTH_HOST, "127.0.0.1"),
+            input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
+            workflow_prefix=env.get(envvars.WORKFLOW_PREFIX) or "workflows",
             **parsed,  # type: ignore[arg-type]
         )

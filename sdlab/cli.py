@@ -15,12 +15,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from sdlab.config import load_config
     from sdlab.local import stack
 
-    info = stack.up(load_config(args.config), args.home)
+    info = stack.up(load_config(args.config), args.home, autoscale=args.autoscale)
     print(f"stack up in {info['startup_seconds']} s")
     print(f"  API        {info['api_url']}  (key in {stack.home_dir(args.home) / stack.STACK_FILE})")
     print(f"  AWS (moto) {info['aws_endpoint_url']}  bucket {info['bucket']}")
     for name, rt in info["runtimes"].items():
-        print(f"  runtime    {name:<16} {rt['type']:<9} model {rt['model']:<10} {rt['runtime_url']}")
+        where = rt.get("runtime_url") or "autoscaled from the queue (KEDA formula)"
+        print(f"  runtime    {name:<16} {rt['type']:<9} model {rt['model']:<10} {where}")
     print(f"  logs       {info['logs']}")
     return 0
 
@@ -78,7 +79,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if stack is None:
         raise SdlabError("no local stack is running; start one with `sdlab up`")
     with Client.from_stack(args.home) as client:
-        rows = run_demo(client, list(stack["runtimes"]), Path(args.out), per_runtime=args.per_runtime,
+        rows = run_demo(client, stack["runtimes"], Path(args.out), per_runtime=args.per_runtime,
                         size=args.size, steps=args.steps)
     print(format_table(rows))
     print(f"\nimages in {Path(args.out).resolve()}")
@@ -135,7 +136,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=None, help="state folder of the local stack (default $SDLAB_HOME or ./.sdlab)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local stack").set_defaults(fn=_cmd_up)
+    u = sub.add_parser("up", help="start the local stack")
+    u.add_argument("--autoscale", action="store_true",
+                   help="scale runtime+agent pods from queue depth with KEDA's formula (from zero) instead of one each")
+    u.set_defaults(fn=_cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=_cmd_down)
     sub.add_parser("status", help="show what runs").set_defaults(fn=_cmd_status)
 
@@ -181,6 +185,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--account-id", default=None, help="AWS account id used in queue URLs and ARNs")
     r.add_argument("--image", action="append", help="TYPE=URI: image of a runtime type (sdwebui, comfyui, diffusers)")
     r.set_defaults(fn=_cmd_k8s_render)
+
+    from sdlab.bench.cli import register as register_bench  # light: argparse only, torch is imported when run
+
+    register_bench(sub)
+    from sdlab.deploy.cli import register as register_aws  # light: argparse only, boto3 is imported when run
+
+    register_aws(sub)
     return p
 
 

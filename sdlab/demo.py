@@ -1,9 +1,15 @@
-"""The demo: a few prompts to every runtime through the real asynchronous path, images written to disk."""
+"""The demo: a few prompts to every runtime through the real asynchronous path, images written to disk.
+
+Each runtime gets the request its type speaks: an SD WebUI txt2img body for `sdwebui` and `diffusers`
+runtimes, a `pipeline` task naming the bundled ComfyUI template `txt2img-basic` for `comfyui` ones.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sdlab.client import Client
 
@@ -24,14 +30,30 @@ class DemoRow:
     path: str
 
 
-def run_demo(client: Client, runtimes: list[str], out_dir: Path, *, per_runtime: int = 3, size: int = 256,
-             steps: int = 20, timeout: float = 300.0) -> list[DemoRow]:
-    """Submit `per_runtime` prompts to each runtime, wait for all notifications, save the PNGs."""
+def request_for(runtime_type: str, model: str | None, prompt: str, *, seed: int, size: int, steps: int) -> dict[str, Any]:
+    """`Client.submit` keyword arguments for one prompt to a runtime of `runtime_type`."""
+    if runtime_type == "comfyui":
+        params: dict[str, Any] = {"prompt": prompt, "seed": seed, "steps": steps, "width": size, "height": size}
+        if model:
+            params["ckpt_name"] = model
+        return {"task_type": "pipeline", "payload": {"workflow": "txt2img-basic", "params": params}}
+    return {"prompt": prompt, "payload": {"steps": steps, "width": size, "height": size, "seed": seed}}
+
+
+def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequence[str], out_dir: Path, *,
+             per_runtime: int = 3, size: int = 256, steps: int = 20, timeout: float = 300.0) -> list[DemoRow]:
+    """Submit `per_runtime` prompts to each runtime, wait for all notifications, save the PNGs.
+
+    `runtimes`: the stack's runtimes (`stack.json`: name -> {"type", "model", ...}); a bare list of names
+    is taken as SD WebUI runtimes.
+    """
+    specs = runtimes if isinstance(runtimes, Mapping) else {name: {"type": "sdwebui"} for name in runtimes}
     submitted = []
-    for runtime in runtimes:
+    for runtime, spec in specs.items():
         for i in range(per_runtime):
-            payload = {"steps": steps, "width": size, "height": size, "seed": 1000 + i}
-            submitted.append(client.submit(runtime, PROMPTS[i % len(PROMPTS)], payload=payload))
+            request = request_for(spec.get("type", "sdwebui"), spec.get("model"), PROMPTS[i % len(PROMPTS)],
+                                  seed=1000 + i, size=size, steps=steps)
+            submitted.append(client.submit(runtime, **request))
     notes = client.wait([s.id for s in submitted], timeout=timeout)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -53,6 +75,6 @@ def format_table(rows: list[DemoRow]) -> str:
 
     header = ("task", "runtime", "status", "queued s", "running s", "image")
     lines = [(r.task, r.runtime, r.status, num(r.queued_s), num(r.run_s), r.path) for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines])

@@ -117,6 +117,13 @@ class TaskStore:
             raise
         return _deserialize(out["Attributes"])
 
+    def mark_notified(self, task_id: str) -> None:
+        """Record that the task's terminal notification was published (a redelivered message then sends none)."""
+        self._db.update_item(
+            TableName=self._table, Key={"id": {"S": task_id}}, UpdateExpression="SET notified_at = :t",
+            ConditionExpression="attribute_exists(id)", ExpressionAttributeValues={":t": {"N": repr(time.time())}},
+        )
+
     def start(self, task_id: str, **fields: Any) -> dict[str, Any]:
         """queued -> running (a redelivered `running` task may be restarted by another agent)."""
         return self.transition(task_id, TaskStatus.RUNNING, {TaskStatus.QUEUED, TaskStatus.RUNNING}, **fields)

@@ -43,7 +43,7 @@ def agent_environment(runtime: RuntimeSettings, resources: StackResources, targe
                       runtime_url: str, health_port: int, stack: StackSettings | None = None) -> dict[str, str]:
     """Environment of one runtime's queue agent (`stack`: input bucket allow-list and workflow prefix)."""
     queue = resources.queues[runtime.name]
-    stack = stack or StackSettings()
+    input_buckets, workflow_prefix = (stack.input_buckets, stack.workflow_prefix) if stack else ((), "workflows")
     return {
         **target.env(),
         envvars.AGENT_RUNTIME_NAME: runtime.name,
@@ -59,6 +59,6 @@ def agent_environment(runtime: RuntimeSettings, resources: StackResources, targe
         envvars.AGENT_MAX_RECEIVE_COUNT: str(runtime.queue.max_receive_count),
         envvars.AGENT_WAIT_TIME_SECONDS: str(runtime.queue.receive_wait_seconds),
         envvars.AGENT_HEALTH_PORT: str(health_port),
-        envvars.INPUT_BUCKETS: ",".join(stack.input_buckets),
-        envvars.WORKFLOW_PREFIX: stack.workflow_prefix,
+        envvars.INPUT_BUCKETS: ",".join(input_buckets),
+        envvars.WORKFLOW_PREFIX: workflow_prefix,
     }

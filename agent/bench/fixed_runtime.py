@@ -8,7 +8,8 @@ for fault-injection runs. A prompt starting with `fault:` picks a behaviour for 
 - `fault:hang:<tag>`     sleep far past any agent timeout (until interrupted)
 - `fault:garbage:<tag>`  answer 200 with a body that is not JSON
 - `fault:reject:<tag>`   answer 422 like a validation error
-- `fault:exit:<tag>`     exit the process at once (a runtime crash), on the first call only
+- `fault:exit:<tag>`     exit the process at once (a runtime crash), on the first call only (with `--state-dir`,
+                         the first call across restarts, so the runtime restarted on the same port serves the retry)
 - `fault:slow<S>:<tag>`  take S seconds instead of the fixed time
 
 `GET /_stats` returns calls per prompt, so tests can count how often a task really ran.
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import re
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 
 def _tiny_png() -> bytes:
     import io
@@ -38,13 +40,25 @@ def _tiny_png() -> bytes:
 
 
 class FixedRuntime:
-    def __init__(self, seconds_per_image: float) -> None:
+    def __init__(self, seconds_per_image: float, state_dir: str | None = None) -> None:
         self.seconds_per_image = seconds_per_image
+        self.state_dir = state_dir
         self.calls: Counter[str] = Counter()
         self.interrupt = threading.Event()
         self.lock = threading.Lock()
         self.busy = threading.Lock()  # one generation at a time, like a GPU runtime
         self.png = base64.b64encode(_tiny_png()).decode()
+
+    def first_exit(self, prompt: str) -> bool:
+        """True the first time `prompt` asks to exit (per process, or per `state_dir` when one is given)."""
+        if self.state_dir is None:
+            return True
+        marker = os.path.join(self.state_dir, "exited-" + hashlib.sha256(prompt.encode()).hexdigest()[:16])
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
 
 def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
@@ -101,7 +115,7 @@ def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
                 if kind == "reject":
                     self._send(422, json.dumps({"detail": [{"loc": ["body", "steps"], "msg": "injected"}]}).encode())
                     return
-                if kind == "exit" and n_call == 1:
+                if kind == "exit" and n_call == 1 and rt.first_exit(prompt):
                     os._exit(17)
                 if kind == "hang":
                     seconds = 3600.0
@@ -123,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--seconds-per-image", type=float, default=0.2)
+    parser.add_argument("--state-dir", default=None, help="remembers `fault:exit` crashes across restarts")
     args = parser.parse_args(argv)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(FixedRuntime(args.seconds_per_image)))
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(FixedRuntime(args.seconds_per_image, args.state_dir)))
     server.daemon_threads = True
     server.serve_forever()
 

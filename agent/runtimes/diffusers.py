@@ -8,13 +8,16 @@ payloads with hires fix or scripts) go one by one through the runtime's SD WebUI
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from agent.runtimes.base import RuntimeFailure, RuntimeResult
-from agent.runtimes.sdwebui import SdWebUIAdapter, _decode_image
+from agent.runtimes.sdwebui import SdWebUIAdapter, _decode_image, prepare_payload
 from sdlab.contracts import TaskMessage
+
+if TYPE_CHECKING:
+    from agent.inputs import TaskInputs
 
 log = logging.getLogger(__name__)
 # Payload fields the native route cannot honour; such tasks take the SD WebUI route, which answers them as before.
@@ -24,10 +27,9 @@ _WEBUI_ONLY = ("init_images", "enable_hr", "script_name", "alwayson_scripts", "m
 class DiffusersAdapter(SdWebUIAdapter):
     """`run_batch` posts many tasks at once; `run`, `ready` and `interrupt` are the SD WebUI ones."""
 
-    def __init__(self, base_url: str, timeout_seconds: float, max_batch: int = 16) -> None:
-        super().__init__(base_url, timeout_seconds)
+    def __init__(self, base_url: str, timeout_seconds: float, inputs: TaskInputs | None = None, max_batch: int = 16) -> None:
+        super().__init__(base_url, timeout_seconds, inputs)
         self.max_batch = max_batch
-        self._timeout_seconds = timeout_seconds
 
     def ready(self) -> bool:
         try:
@@ -51,14 +53,17 @@ class DiffusersAdapter(SdWebUIAdapter):
             if i not in native:
                 outcomes[i] = self._one_by_one(task)
         if native:
-            for i, outcome in zip(native, self._generate([tasks[i] for i in native])):
+            for i, outcome in zip(native, self._generate([tasks[i] for i in native]), strict=False):
                 outcomes[i] = outcome
         return [o if o is not None else RuntimeFailure("no outcome", retryable=True) for o in outcomes]
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod
     def _native(task: TaskMessage) -> bool:
-        return task.task_type == "text-to-image" and not any(task.payload.get(k) for k in _WEBUI_ONLY)
+        if task.task_type != "text-to-image":
+            return False
+        body, _ = prepare_payload(task.payload)  # the guidance's routing keys moved out, as the SD WebUI route does
+        return not any(body.get(k) for k in _WEBUI_ONLY)
 
     def _one_by_one(self, task: TaskMessage) -> RuntimeResult | RuntimeFailure:
         try:
@@ -67,9 +72,10 @@ class DiffusersAdapter(SdWebUIAdapter):
             return err
 
     def _generate(self, tasks: list[TaskMessage]) -> list[RuntimeResult | RuntimeFailure]:
-        body = [{**t.payload, "id": t.id} for t in tasks]
+        # Each task names its model (override_settings.sd_model_checkpoint) itself: the runtime batches per model.
+        body = [{**prepare_payload(t.payload)[0], "id": t.id} for t in tasks]
         # A batch of n takes longer than one task, but far less than n tasks one after the other.
-        timeout = self._timeout_seconds * max(1.0, len(tasks) / 2)
+        timeout = self._timeout * max(1.0, len(tasks) / 2)
         try:
             reply = self._http.post(f"{self._base}/v1/generate", json=body, timeout=httpx.Timeout(timeout, connect=5.0))
         except httpx.TimeoutException as err:
@@ -85,7 +91,7 @@ class DiffusersAdapter(SdWebUIAdapter):
             return [failure] * len(tasks)
         try:
             results = reply.json()["results"]
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError):
             return [RuntimeFailure("runtime answered /v1/generate without a results list", retryable=True)] * len(tasks)
         by_id = {r.get("id"): r for r in results if isinstance(r, dict)}
         return [self._outcome(by_id.get(t.id)) for t in tasks]
@@ -97,7 +103,8 @@ class DiffusersAdapter(SdWebUIAdapter):
         if result.get("status") != "ok":
             error = result.get("error") or {}
             status = int(error.get("status") or 500)
-            return RuntimeFailure(f"runtime failed the task ({status}): {str(error.get('detail'))[:500]}", retryable=status >= 500)
+            detail = str(error.get("detail"))[:500]
+            return RuntimeFailure(f"runtime failed the task ({status}): {detail}", retryable=status >= 500)
         images = result.get("images")
         if not isinstance(images, list) or not images:
             return RuntimeFailure("runtime answered without images", retryable=True)

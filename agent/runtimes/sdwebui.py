@@ -86,7 +86,7 @@ class SdWebUIAdapter:
     def __init__(self, base_url: str, timeout_seconds: float, inputs: TaskInputs | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = timeout_seconds
-        self._inputs = inputs
+        self.inputs = inputs
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_seconds, connect=5.0))
 
     def ready(self) -> bool:
@@ -100,8 +100,8 @@ class SdWebUIAdapter:
         if endpoint is None:
             raise RuntimeFailure(f"task_type {task.task_type!r} is not served by SD WebUI", retryable=False)
         body, wanted = prepare_payload(task.payload)
-        if self._inputs is not None:
-            body = self._inputs.resolve_webui(body)
+        if self.inputs is not None:
+            body = self.inputs.resolve_webui(body)
         if wanted:
             self.ensure_model(wanted)
         reply = self._call("POST", endpoint, json=body)

@@ -7,6 +7,8 @@ variables, read once per cold start; clients are built on first use and reused a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 import logging
@@ -52,6 +54,11 @@ class ApiSettings:
     limits: Limits
     results_topic_arn: str | None = None  # cancel publishes the `cancelled` notification
     status_base_url: str | None = None
+    input_buckets: tuple[str, ...] = ()  # besides `bucket`, where s3:// input images may come from
+
+    @property
+    def allowed_input_buckets(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.bucket, *self.input_buckets)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiSettings:
@@ -73,6 +80,7 @@ class ApiSettings:
             limits=limits,
             results_topic_arn=env.get(envvars.RESULTS_TOPIC_ARN) or None,
             status_base_url=env.get(envvars.STATUS_BASE_URL) or None,
+            input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
         )
 
 
@@ -135,7 +143,8 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     request = validation.parse_request(data)
     if request.runtime not in settings.runtimes:
         return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
-    validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits)
+    validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits,
+                                input_buckets=settings.allowed_input_buckets)
 
     # 1. the record first: a message must never exist for a task the status API cannot find
     store, sns, _ = _clients(settings)
@@ -147,7 +156,7 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
         store.create({
             "id": task_id, "runtime": request.runtime, "task_type": request.task_type, "prefix": prefix,
             "priority": request.priority, "created_at": now, "output_location": location,
-            "ttl_seconds": request.ttl_seconds, "context": request.context,
+            "ttl_seconds": request.ttl_seconds, "context": request.context, "callback_url": request.callback_url,
         })
     except TaskExists:
         return error(409, "task_exists", f"a task with id {task_id!r} was already submitted; omit `id` or choose a new one", "id")

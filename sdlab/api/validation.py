@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -17,6 +17,7 @@ from pydantic import ValidationError as PydanticValidationError
 from sdlab.config import Limits
 from sdlab.contracts import SubmitRequest
 from sdlab.errors import ValidationError
+from sdlab.workflows import check_name, check_params
 
 # A1111 sampler names the runtimes accept (SD WebUI `modules/sd_samplers*.py` titles).
 SAMPLERS = (
@@ -80,17 +81,20 @@ def parse_request(data: dict[str, Any]) -> SubmitRequest:
     try:
         return SubmitRequest.model_validate(upgrade_legacy(data))
     except PydanticValidationError as err:
-        problems = []
+        problems: dict[str, list[str]] = {}
         for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "body"
+            # the envelope is flat: what pydantic puts after the field name is a union member's tag
+            # ("context.dict[str,any]"), not a path the client could act on
+            field = str(e["loc"][0]) if e["loc"] else "body"
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown field; remove it (allowed: " + ", ".join(SubmitRequest.model_fields) + ")"
             elif e["type"] == "missing":
                 msg = "required; add it"
-            problems.append((field, msg))
-        first_field = problems[0][0]
-        raise ValidationError(first_field, "; ".join(f"{f}: {m}" for f, m in problems).removeprefix(f"{first_field}: ")) from err
+            problems.setdefault(field, []).append(msg)
+        first_field = next(iter(problems))
+        text = "; ".join(f"{f}: {' or '.join(msgs)}" for f, msgs in problems.items())
+        raise ValidationError(first_field, text.removeprefix(f"{first_field}: ")) from err
 
 
 def check_task_type(request: SubmitRequest, runtime_type: str) -> None:
@@ -128,12 +132,24 @@ def _string(payload: Mapping[str, Any], key: str, max_len: int = 20000) -> None:
         raise ValidationError(f"payload.{key}", f"{len(value)} characters; keep it under {max_len}")
 
 
-def check_image(field: str, value: Any) -> None:
-    """An input image is base64 (optionally a data: URL). URLs are never fetched by the service."""
+def check_image(field: str, value: Any, input_buckets: Sequence[str] = ()) -> None:
+    """An input image: base64 (optionally a data: URL), or `s3://bucket/key` in an allowed bucket.
+
+    http(s) and file URLs are always refused: the service never fetches arbitrary URLs.
+    """
     if not isinstance(value, str) or not value:
-        raise ValidationError(field, "must be a base64-encoded PNG/JPEG/WebP string")
-    if value.startswith(("http://", "https://", "s3://", "file:")):
-        raise ValidationError(field, "URLs are not fetched by the service; send the image as base64")
+        raise ValidationError(field, "must be a base64-encoded PNG/JPEG/WebP string or an s3:// URI")
+    if value.startswith("s3://"):
+        bucket, _, key = value.removeprefix("s3://").partition("/")
+        if bucket not in input_buckets:
+            raise ValidationError(field, f"bucket {bucket!r} is not allowed for input images; use one of "
+                                  f"{list(input_buckets)} (stack.input_buckets in sdlab.yaml) or send base64")
+        if not key or key.endswith("/"):
+            raise ValidationError(field, f"{value!r} names no object; use s3://{bucket}/<key>")
+        return
+    if value.startswith(("http://", "https://", "file:")):
+        raise ValidationError(field, "URLs are not fetched by the service; send the image as base64 or as an "
+                              f"s3:// URI in one of {list(input_buckets)}")
     data = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
         raw = base64.b64decode(data, validate=True)
@@ -143,7 +159,8 @@ def check_image(field: str, value: Any) -> None:
         raise ValidationError(field, "decodes to bytes that are not a PNG, JPEG, WebP or GIF image")
 
 
-def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limits) -> None:
+def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limits,
+                        input_buckets: Sequence[str] = ()) -> None:
     """The A1111 txt2img/img2img fields the runtimes use, with the project's limits."""
     _string(payload, "prompt")
     _string(payload, "negative_prompt")
@@ -171,33 +188,85 @@ def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limi
     if settings is not None and not isinstance(settings, Mapping):
         raise ValidationError("payload.override_settings", "must be an object, e.g. {\"sd_model_checkpoint\": \"name\"}")
     images = payload.get("init_images")
-    if task_type == "image-to-image":
+    scripts = payload.get("alwayson_scripts")
+    link = scripts.get("image_link") if isinstance(scripts, Mapping) else None
+    if link is not None:  # the guidance's v1alpha1 way to give the init image
+        check_image("payload.alwayson_scripts.image_link", link, input_buckets)
+    if task_type == "image-to-image" and link is None:
         if not isinstance(images, list) or not images:
-            raise ValidationError("payload.init_images", "image-to-image needs a non-empty list of base64 images")
+            raise ValidationError("payload.init_images", "image-to-image needs a non-empty list of images (base64 or s3://)")
     if images is not None:
         if not isinstance(images, list):
-            raise ValidationError("payload.init_images", "must be a list of base64 images")
+            raise ValidationError("payload.init_images", "must be a list of images (base64 or s3://)")
         for i, image in enumerate(images):
-            check_image(f"payload.init_images.{i}", image)
+            check_image(f"payload.init_images.{i}", image, input_buckets)
+    if payload.get("mask") is not None:
+        check_image("payload.mask", payload["mask"], input_buckets)
     if task_type == "extra-single-image":
-        check_image("payload.image", payload.get("image"))
+        check_image("payload.image", payload.get("image"), input_buckets)
 
 
-def check_workflow(payload: Mapping[str, Any]) -> None:
-    """A ComfyUI API-format workflow: {node_id: {"class_type": str, "inputs": {...}}}."""
-    graph = payload.get("prompt", payload)
+def _check_sizes(field: str, values: Mapping[str, Any], limits: Limits) -> None:
+    """steps, width, height and batch_size of a workflow node or template parameters, against the limits."""
+    for key, lo, hi in (("steps", 1, limits.max_steps), ("width", 64, limits.max_side_px),
+                        ("height", 64, limits.max_side_px), ("batch_size", 1, limits.max_images_per_task)):
+        value = values.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and not lo <= value <= hi:
+            raise ValidationError(f"{field}.{key}", f"{value} is out of range; use {lo}..{hi}")
+    width, height = values.get("width"), values.get("height")
+    for key, value in (("width", width), ("height", height)):
+        if isinstance(value, int) and value % 8:
+            raise ValidationError(f"{field}.{key}",
+                                  f"{value} is not a multiple of 8; use {value - value % 8} or {value + 8 - value % 8}")
+    if isinstance(width, int) and isinstance(height, int) and width * height > limits.max_pixels:
+        raise ValidationError(f"{field}.width",
+                              f"{width}x{height} is over the {limits.max_pixels}-pixel limit; lower width or height")
+
+
+def check_workflow(payload: Mapping[str, Any], limits: Limits | None = None, input_buckets: Sequence[str] = ()) -> None:
+    """A ComfyUI workflow: the API-format graph {node_id: {"class_type", "inputs"}} itself, `{"prompt": graph}`
+    (optionally with `params`), or a named template `{"workflow": name, "params": {...}}` (sdlab/workflows.py).
+
+    KSampler steps and EmptyLatentImage sizes are held to the limits; LoadImage images given as base64 or
+    s3:// are checked like any input image (a plain file name refers to the ComfyUI server's input folder).
+    """
+    limits = limits or Limits()
+    named = "workflow" in payload
+    if named or "prompt" in payload:
+        allowed = ("workflow", "params") if named else ("prompt", "params")
+        for key in payload:
+            if key not in allowed:
+                raise ValidationError(f"payload.{key}", f"unknown field; a {'named' if named else 'wrapped'} workflow "
+                                      f"takes {list(allowed)}")
+        params = check_params(payload.get("params"))
+        _check_sizes("payload.params", params, limits)
+        if "image" in params:
+            check_image("payload.params.image", params["image"], input_buckets)
+        if named:
+            check_name(payload["workflow"])
+            return
+    graph, where = (payload["prompt"], "payload.prompt") if "prompt" in payload else (payload, "payload")
     if not isinstance(graph, Mapping) or not graph:
-        raise ValidationError("payload", "a pipeline task needs a ComfyUI API-format workflow ('Save (API format)')")
+        raise ValidationError(where, "a pipeline task needs a ComfyUI API-format workflow ('Save (API format)'), "
+                              "or {\"workflow\": <template name>, \"params\": {...}}")
     for node_id, node in graph.items():
         if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
-            raise ValidationError(f"payload.{node_id}", "each node needs a string `class_type` and an `inputs` object")
-        if not isinstance(node.get("inputs", {}), Mapping):
-            raise ValidationError(f"payload.{node_id}.inputs", "must be an object")
+            raise ValidationError(f"{where}.{node_id}", "each node needs a string `class_type` and an `inputs` object")
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, Mapping):
+            raise ValidationError(f"{where}.{node_id}.inputs", "must be an object")
+        if node["class_type"] in ("KSampler", "EmptyLatentImage"):
+            _check_sizes(f"{where}.{node_id}.inputs", inputs, limits)
+        image = inputs.get("image")
+        if node["class_type"] == "LoadImage" and isinstance(image, str) and (
+                image.startswith(("s3://", "http://", "https://", "file:", "data:")) or len(image) > 255):
+            check_image(f"{where}.{node_id}.inputs.image", image, input_buckets)
 
 
-def validate_payload(request: SubmitRequest, runtime_type: str, limits: Limits) -> None:
+def validate_payload(request: SubmitRequest, runtime_type: str, limits: Limits, input_buckets: Sequence[str] = ()) -> None:
+    """The payload against the runtime type and limits; `input_buckets`: where s3:// input images may come from."""
     check_task_type(request, runtime_type)
     if request.task_type == "pipeline":
-        check_workflow(request.payload)
+        check_workflow(request.payload, limits, input_buckets)
     else:
-        check_webui_payload(request.task_type, request.payload, limits)
+        check_webui_payload(request.task_type, request.payload, limits, input_buckets)

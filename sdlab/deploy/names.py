@@ -14,6 +14,7 @@ from sdlab.provision import STACK_TAG, Names
 ROLE_PATH_PREFIX = "/sdlab/"  # every role lives under /sdlab/<stack>/ so listing and teardown find them by path
 ROLE_NAME_MAX = 64
 INTERRUPTION_RULES = ("spot-interruption", "rebalance", "state-change", "scheduled-change")
+WORKLOAD_NAMESPACE = "sdlab"  # RenderContext.namespace's default: where the runtimes' pods run
 KEDA_NAMESPACE, KEDA_SERVICE_ACCOUNT = "keda", "keda-operator"
 KARPENTER_NAMESPACE, KARPENTER_SERVICE_ACCOUNT = "kube-system", "karpenter"
 MOUNTPOINT_NAMESPACE, MOUNTPOINT_SERVICE_ACCOUNT = "kube-system", "s3-csi-driver-sa"

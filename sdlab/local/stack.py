@@ -22,6 +22,7 @@ from sdlab import envvars
 from sdlab.aws import AwsTarget, client
 from sdlab.config import Settings
 from sdlab.errors import StackError
+from sdlab.local.autoscaler import pod_processes, write_plan
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
 from sdlab.models import build_or_locate, sync_models, upload_model, uploaded
 from sdlab.provision import provision
@@ -60,8 +61,12 @@ class _Starting:
         wait_until(http_ok(url), self.popens[proc.name], proc, timeout)
 
 
-def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeout: float = START_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """Bring the local stack up; returns what is written to stack.json."""
+def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeout: float = START_TIMEOUT_SECONDS,
+       autoscale: bool = False) -> dict[str, Any]:
+    """Bring the local stack up; returns what is written to stack.json.
+
+    With `autoscale`, runtimes and agents are not started here: the local autoscaler starts and stops them as
+    KEDA would, from queue depth and each runtime's `scaling:` values (from zero when `min_replicas` is 0)."""
     root = home_dir(home)
     existing = read_stack(root)
     if existing and any(alive(p["pid"]) for p in existing["processes"]):
@@ -107,7 +112,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         # 5. runtimes (started together: model loading overlaps)
         threads = max(1, (os.cpu_count() or 2) // len(settings.runtimes))
         runtimes: dict[str, dict[str, Any]] = {}
-        for rt in settings.runtimes:
+        for rt in (settings.runtimes if not autoscale else ()):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             args = ["-m", "sdlab.runtime", "--models-dir", str(models_dir), "--model", rt.model.name,
@@ -115,12 +120,19 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
             started.start(f"runtime-{rt.name}", args, {"HF_HUB_OFFLINE": "1"}, logs, url)
             runtimes[rt.name] = {"type": rt.type, "model": rt.model.name, "runtime_url": url}
         started.wait(gateway, f"{api_url}/_gateway/health", 60)
-        for rt in settings.runtimes:
+        if autoscale:
+            write_plan(root, settings, resources, target, models_dir, threads)
+            started.start("autoscaler", ["-m", "sdlab.local.autoscaler", "--home", str(root)], {}, logs)
+            for rt in settings.runtimes:
+                queue = resources.queues[rt.name]
+                runtimes[rt.name] = {"type": rt.type, "model": rt.model.name, "queue_url": queue.url,
+                                     "high_queue_url": queue.high_url, "dlq_url": queue.dlq_url, "autoscaled": True}
+        for rt in (settings.runtimes if not autoscale else ()):
             proc = next(p for p in started.procs if p.name == f"runtime-{rt.name}")
             started.wait(proc, f"{runtimes[rt.name]['runtime_url']}/healthz", timeout)
 
         # 6. one agent beside each runtime
-        for rt in settings.runtimes:
+        for rt in (settings.runtimes if not autoscale else ()):
             health_port = free_port()
             env = agent_environment(rt, resources, target, runtimes[rt.name]["runtime_url"], health_port, settings.stack)
             proc = started.start(f"agent-{rt.name}", ["-m", "agent"], env, logs, f"http://127.0.0.1:{health_port}")
@@ -145,6 +157,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         "tasks_topic_arn": resources.tasks_topic_arn,
         "results_topic_arn": resources.results_topic_arn,
         "runtimes": runtimes,
+        "autoscale": autoscale,
         "processes": [p.to_dict() for p in started.procs],
         "logs": str(logs),
         "started_at": time.time(),
@@ -162,9 +175,12 @@ def down(home: str | os.PathLike[str] | None = None) -> list[str]:
     if stack is None:
         return []
     procs = [Proc(**p) for p in stack["processes"]]
-    order = [p for p in procs if p.name.startswith("agent-")] + [p for p in procs if not p.name.startswith("agent-")]
-    still = stop([p for p in order if p.name.startswith("agent-")], timeout=30.0)
-    still += stop([p for p in order if not p.name.startswith("agent-")])
+    # the autoscaler stops its pods warm when asked; whatever it left (it was killed) is stopped here
+    still = stop([p for p in procs if p.name == "autoscaler"], timeout=90.0)
+    pods = pod_processes(root)
+    agents = [p for p in procs + pods if p.name.startswith("agent-")]
+    still += stop(agents, timeout=30.0)
+    still += stop([p for p in procs + pods if p not in agents and p.name != "autoscaler"])
     if still:
         raise StackError(f"could not stop {still}; kill them by pid from {root / STACK_FILE}")
     (root / STACK_FILE).unlink()
@@ -177,7 +193,7 @@ def status(home: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     if stack is None:
         return []
     rows = []
-    for p in stack["processes"]:
+    for p in stack["processes"] + [pod.to_dict() for pod in pod_processes(home_dir(home))]:
         url = p.get("url")
         health = {"moto": "/moto-api/", "gateway": "/_gateway/health"}.get(p["name"])
         if health is None:

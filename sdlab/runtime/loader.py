@@ -78,6 +78,7 @@ def load_pipeline(
     dtype: str | None = None,
     config: Path | None = None,
     original_config: Path | None = None,
+    optimizations: Any = None,
 ):
     """Load a ``StableDiffusionPipeline`` from local files only.
 
@@ -88,6 +89,7 @@ def load_pipeline(
         config: Single files only: a local diffusers folder whose component configs
             (and tokenizer) match the checkpoint's architecture.
         original_config: Single files only: the original LDM ``.yaml`` config.
+        optimizations: :class:`sdlab.runtime.optimize.Optimizations` to apply after loading (its dtype wins).
 
     Raises:
         ModelError: the path is missing, has an unknown format, or fails to load.
@@ -96,6 +98,7 @@ def load_pipeline(
 
     model_path = Path(model_path)
     device = resolve_device(device)
+    dtype = getattr(optimizations, "dtype", None) or dtype
     torch_dtype = resolve_dtype(dtype, device)
     kwargs = _common_kwargs(torch_dtype)
 
@@ -136,6 +139,10 @@ def load_pipeline(
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded %s on %s (%s)", model_path.name, device, str(torch_dtype).replace("torch.", ""))
+    if optimizations is not None:
+        from sdlab.runtime.optimize import apply
+
+        pipe = apply(pipe, optimizations)
     return pipe
 
 
@@ -193,8 +200,10 @@ class ModelRegistry:
         dtype: str | None = None,
         max_loaded: int = 2,
         single_file_config: Path | None = None,
+        optimizations: Any = None,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.optimizations = optimizations
         self.device = resolve_device(device)
         self.dtype = dtype
         self.max_loaded = max(1, max_loaded)
@@ -282,6 +291,7 @@ class ModelRegistry:
             dtype=self.dtype,
             config=self.single_file_config if ckpt.path.is_file() else None,
             original_config=original if original is not None and original.is_file() else None,
+            optimizations=self.optimizations,
         )
         with self._lock:
             self._loaded[ckpt.title] = pipe

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdlab.errors import ModelError, ValidationError
-from sdlab.runtime import samplers
+from sdlab.runtime import comfy_api, extras, native_api, optimize, samplers
+from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch
 from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, with_scheduler
 
 logger = logging.getLogger(__name__)
@@ -154,15 +156,62 @@ class JobState:
         }
 
 
-class Runtime:
-    """Model selection, options and the generation loop behind the HTTP routes."""
+@dataclass(frozen=True)
+class Prepared:
+    """A validated generation request: the model, sampler and CLIP layers it runs with."""
 
-    def __init__(self, registry: ModelRegistry, default_model: str | None) -> None:
+    req: Txt2ImgRequest
+    title: str
+    ckpt: Any
+    sampler_name: str
+    key: BatchKey
+    clip_layers: int
+    init_images: list[Image.Image]
+    img2img: bool
+
+
+@dataclass(frozen=True)
+class _JobMeta:
+    job: str
+    job_no: int
+    job_count: int
+    mark: int  # interrupts counted when the request started: a later /interrupt stops its batches
+
+
+def _process_age_seconds() -> float | None:
+    """Seconds since this process started (Linux /proc), for the cold-start log line."""
+    try:
+        import os
+
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _schedule_name(schedule_kwargs: dict[str, Any]) -> str:
+    return next(name for name, kwargs in samplers.SCHEDULES.items() if kwargs == schedule_kwargs)
+
+
+class Runtime:
+    """Model selection, options and the generation loop behind the HTTP routes.
+
+    txt2img images go through a :class:`BatchQueue`: compatible concurrent requests (A1111 or the native
+    ``/v1/generate``) share batches. img2img and warm-up run on the same worker thread, between batches.
+    """
+
+    def __init__(
+        self, registry: ModelRegistry, default_model: str | None, *, max_batch: int | None = None, max_wait_ms: float = 50.0
+    ) -> None:
         self.registry = registry
-        self.lock = threading.Lock()  # one generation / model switch at a time
+        self.lock = threading.RLock()  # one generation / model switch at a time
         self.state = JobState()
         self.ready = threading.Event()
         self.error: str | None = None
+        self.max_batch = max_batch
+        self._interrupts = 0
+        self.queue = BatchQueue(self._run_batch, max_batch=self.max_batch_for, max_wait_ms=max_wait_ms)
         titles = registry.titles()
         if default_model is None and not titles:
             self.error = f"no models in {registry.models_dir}; build one with sdlab.runtime.model.build_tiny_model"
@@ -176,17 +225,51 @@ class Runtime:
         }
 
     def load_default(self) -> None:
-        """Load the startup model; health turns green when this succeeds."""
+        """Load the startup model (and compile it, when asked); health turns green when this succeeds."""
         if self.error:
             logger.error("%s", self.error)
             return
         try:
-            self.set_model(self.options["sd_model_checkpoint"])
-        except ModelError as exc:
-            self.error = str(exc)
+            title = self.set_model(self.options["sd_model_checkpoint"])
+            self.queue.call(lambda: self.warmup(title)).result()
+        except Exception as exc:  # health must say why, whatever failed (load, compile)
+            self.error = f"{exc.__class__.__name__}: {exc}" if not isinstance(exc, ModelError) else str(exc)
             logger.error("cannot load startup model: %s", exc)
             return
         self.ready.set()
+        age = _process_age_seconds()
+        since = f", {age:.1f} s after process start" if age else ""
+        logger.info("ready: %s loaded%s", self.options["sd_model_checkpoint"], since)
+
+    def warmup(self, title: str) -> None:
+        """Compile ``title`` for its native size at every batch bucket up to the max batch (no-op uncompiled)."""
+        pipe = self.registry.get(title)
+        opts = optimize.settings_of(pipe)
+        if not opts.compiled:
+            return
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        key = BatchKey(model=title, width=side, height=side)
+        sizes = [b for b in opts.batch_buckets if b <= self.max_batch_for(key)] or [1]
+        with self.lock:
+            seconds = optimize.warmup(pipe, batch_sizes=sizes, width=side, height=side)
+        logger.info("compiled %s for %dx%d, batches %s, in %.1f s", title, side, side, sizes, seconds)
+        optimize.save_compile_cache(opts.cache_dir)
+
+    def max_batch_for(self, key: BatchKey) -> int:
+        """Images per batch: the configured max, else what the card's memory holds (about 1 GiB per 512² image)."""
+        if self.max_batch is not None:
+            return self.max_batch
+        if self.registry.device.startswith("cuda") and torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            free = 0.8 * total - torch.cuda.memory_allocated()
+            per_image = (1 << 30) * key.width * key.height / (512 * 512)
+            fits = max(1, min(16, int(free // per_image)))
+        else:
+            fits = 4  # CPU: batching saves little there; keep latency low
+        opts = self.registry.optimizations or optimize.Optimizations()
+        if opts.compiled:  # stay within the compiled buckets
+            fits = min(fits, max(opts.batch_buckets))
+        return fits
 
     def set_model(self, name: str) -> str:
         """Make ``name`` the current checkpoint, loading it now. Returns its title."""
@@ -199,14 +282,19 @@ class Runtime:
         logger.info("model %s ready (%.2f s)", ckpt.title, time.perf_counter() - started)
         return ckpt.title
 
-    def generate(self, req: Txt2ImgRequest) -> dict[str, Any]:
-        """Run a txt2img or (for an :class:`Img2ImgRequest`) img2img request; returns the A1111 response body."""
+    def interrupt(self) -> None:
+        """Stop the running batch (it returns its partial images) and the later iterations of its requests."""
+        self._interrupts += 1
+        self.state.interrupted = True
+
+    def prepare(self, req: Txt2ImgRequest) -> Prepared:
+        """Validate ``req`` and load its model; raises ValidationError (422) or ModelError."""
         if req.enable_hr:
             raise ValidationError("enable_hr", "hires fix is not supported by the sdlab runtime; set it to false", 422)
         if req.script_name or req.alwayson_scripts:
             raise ValidationError("script_name", "scripts/alwayson_scripts are not supported by the sdlab runtime", 422)
         sampler_name = req.sampler_name or req.sampler_index
-        spec, _ = samplers.resolve(sampler_name, req.scheduler)
+        spec, schedule = samplers.resolve(sampler_name, req.scheduler)
         init_images: list[Image.Image] = []
         img2img = isinstance(req, Img2ImgRequest)
         if isinstance(req, Img2ImgRequest):
@@ -243,46 +331,137 @@ class Runtime:
             if overrides.get("sd_model_checkpoint") and not req.override_settings_restore_afterwards:
                 self.options["sd_model_checkpoint"] = title
                 self.options["sd_checkpoint_hash"] = self.registry.sha256(ckpt)
-            scheduler = samplers.sampler_for(sampler_name, base.scheduler.config, req.scheduler)
-            pipe = with_scheduler(base, scheduler, img2img=img2img)
-            job = "img2img" if img2img else "txt2img"
-            self.state.begin(job, req.n_iter)
-            started = time.perf_counter()
-            try:
-                images, seeds = self._run(pipe, req, init_images, clip_layers)
-            finally:
-                interrupted, timestamp = self.state.interrupted, self.state.job_timestamp
-                self.state.end()
-            elapsed = time.perf_counter() - started
+        key = BatchKey(
+            model=title,
+            kind="img2img" if img2img else "txt2img",
+            width=req.width,
+            height=req.height,
+            steps=req.steps,
+            sampler=spec.name,
+            scheduler=_schedule_name(schedule),
+            clip_layers=clip_layers,
+            eta=req.eta,
+        )
+        return Prepared(req, title, ckpt, sampler_name, key, clip_layers, init_images, img2img)
+
+    def seeds_of(self, req: Txt2ImgRequest) -> list[int]:
+        """A1111 seeds: ``seed + i`` for every image, a random start when seed is -1."""
+        seed = req.seed if req.seed != -1 else random.randrange(MAX_SEED)
+        return [seed + i for i in range(req.batch_size * req.n_iter)]
+
+    def submit(self, prep: Prepared, seeds: list[int], job_no: int = 0, job_count: int = 1, mark: int | None = None):
+        """Queue txt2img images with ``seeds``; returns a Future of their :class:`BatchOutput`."""
+        req = prep.req
+        items = [BatchItem(req.prompt, req.negative_prompt, s, req.cfg_scale) for s in seeds]
+        meta = _JobMeta("txt2img", job_no, job_count, self._interrupts if mark is None else mark)
+        return self.queue.submit(prep.key, items, meta)
+
+    def generate(self, req: Txt2ImgRequest) -> dict[str, Any]:
+        """Run a txt2img or (for an :class:`Img2ImgRequest`) img2img request; returns the A1111 response body."""
+        prep = self.prepare(req)
+        started = time.perf_counter()
+        timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+        all_seeds = self.seeds_of(req)
+        if prep.img2img:
+            images, interrupted, timestamp = self.queue.call(lambda: self._img2img(prep, all_seeds)).result()
+        else:
+            # A1111 semantics: n_iter batches one after the other; /interrupt stops the rest, /skip only the current.
+            mark = self._interrupts
+            images = []
+            for it in range(req.n_iter):
+                if self._interrupts > mark:
+                    break
+                seeds = all_seeds[it * req.batch_size : (it + 1) * req.batch_size]
+                out = self.submit(prep, seeds, it, req.n_iter, mark).result()
+                images.extend(out.images)
+            interrupted = self._interrupts > mark
+        seeds = all_seeds[: len(images)] or all_seeds
+        elapsed = time.perf_counter() - started
         logger.info(
             "%s: %d image(s) %dx%d, %d steps, %s, model %s, %.2f s%s",
-            job,
+            prep.key.kind,
             len(images),
             req.width,
             req.height,
             req.steps,
-            spec.name,
-            title,
+            prep.key.sampler,
+            prep.title,
             elapsed,
             " (interrupted)" if interrupted else "",
         )
+        return self.respond(prep, images, seeds, interrupted, timestamp)
+
+    def respond(self, prep: Prepared, images, seeds: list[int], interrupted: bool, timestamp: str) -> dict[str, Any]:
+        """The A1111 response body for ``prep``'s images."""
         run = {
-            "sampler_name": sampler_name,
-            "clip_layers": clip_layers,
+            "sampler_name": prep.sampler_name,
+            "clip_layers": prep.clip_layers,
             "interrupted": interrupted,
             "job_timestamp": timestamp,
-            "img2img": img2img,
+            "img2img": prep.img2img,
         }
-        return self._response(req, images, seeds, ckpt, run)
+        return self._response(prep.req, images, seeds, prep.ckpt, run)
 
-    def _run(self, pipe, req: Txt2ImgRequest, init_images, clip_layers: int):
-        seed = req.seed if req.seed != -1 else random.randrange(MAX_SEED)
-        all_seeds = [seed + i for i in range(req.batch_size * req.n_iter)]
+    def _run_batch(self, key: BatchKey, jobs: list[Job]) -> BatchOutput:
+        """The queue's runner: one txt2img batch of every image of ``jobs`` (on the queue's worker thread)."""
+        items = [item for job in jobs for item in job.items]
+        first: _JobMeta = jobs[0].meta
+        mark = min(job.meta.mark for job in jobs)
+
+        def should_stop() -> bool:
+            return self._interrupts > mark or self.state.skipped
+
+        def on_step(done: int, total: int) -> None:
+            self.state.sampling_step, self.state.sampling_steps = done, total
+
+        with self.lock:
+            base = self.registry.get(key.model)
+            scheduler = samplers.sampler_for(key.sampler, base.scheduler.config, key.scheduler)
+            self.state.begin(first.job, first.job_count)
+            self.state.job_no = first.job_no
+            self.state.interrupted = self._interrupts > mark
+            logger.debug("batch: %d image(s) from %d job(s), key %s", len(items), len(jobs), key)
+            try:
+                out = generate_batch(
+                    base,
+                    items,
+                    steps=key.steps,
+                    width=key.width,
+                    height=key.height,
+                    scheduler=scheduler,
+                    clip_skip=key.clip_layers - 1 if key.clip_layers > 1 else None,
+                    eta=key.eta,
+                    should_stop=should_stop,
+                    on_step=on_step,
+                )
+            finally:
+                self.state.skipped = False  # /skip ends only the current batch
+                if self.queue.pending() == 0:
+                    self.state.end()
+        return out
+
+    def _img2img(self, prep: Prepared, all_seeds: list[int]):
+        """img2img through the diffusers pipeline, one n_iter batch at a time (on the queue's worker thread)."""
+        req = prep.req
+        with self.lock:
+            base = self.registry.get(prep.title)
+            scheduler = samplers.sampler_for(prep.sampler_name, base.scheduler.config, req.scheduler)
+            pipe = with_scheduler(base, scheduler, img2img=True)
+            self.state.begin("img2img", req.n_iter)
+            try:
+                images = self._run(pipe, req, prep.init_images, prep.clip_layers, all_seeds)
+            finally:
+                interrupted, timestamp = self.state.interrupted, self.state.job_timestamp
+                self.state.end()
+        return images, interrupted, timestamp
+
+    def _run(self, pipe, req: Txt2ImgRequest, init_images, clip_layers: int, all_seeds: list[int]):
+        mark = self._interrupts
 
         def on_step_end(p, step, timestep, callback_kwargs):
             self.state.sampling_step = step + 1
             self.state.sampling_steps = p.num_timesteps
-            if self.state.interrupted or self.state.skipped:
+            if self._interrupts > mark or self.state.skipped:
                 # diffusers skips the remaining steps and decodes the current latents,
                 # which is A1111's "return the partial image" behaviour.
                 p._interrupt = True
@@ -290,7 +469,7 @@ class Runtime:
 
         images: list[Image.Image] = []
         for it in range(req.n_iter):
-            if self.state.interrupted:
+            if self._interrupts > mark:
                 break
             self.state.job_no = it
             seeds = all_seeds[it * req.batch_size : (it + 1) * req.batch_size]
@@ -315,7 +494,8 @@ class Runtime:
             logger.debug("generating prompt=%r negative=%r seeds=%s", req.prompt, req.negative_prompt, seeds)
             images.extend(pipe(**kwargs).images)
             self.state.skipped = False  # /skip ends only the current batch
-        return images, all_seeds[: len(images)] or all_seeds
+        self.state.interrupted = self._interrupts > mark
+        return images
 
     def _response(self, req: Txt2ImgRequest, images, seeds: list[int], ckpt, run: dict[str, Any]) -> dict[str, Any]:
         sha = self.registry.sha256(ckpt)
@@ -402,6 +582,9 @@ def create_app(
     dtype: str | None = None,
     max_loaded: int = 2,
     single_file_config: Path | None = None,
+    optimizations: optimize.Optimizations | None = None,
+    max_batch: int | None = None,
+    max_batch_wait_ms: float = 50.0,
 ) -> FastAPI:
     """Build the FastAPI app serving the models in ``models_dir``.
 
@@ -411,10 +594,11 @@ def create_app(
     generation reloads it). Raises ModelError when ``models_dir`` is missing or
     ``default_model`` is not in it.
     """
-    registry = ModelRegistry(models_dir, device=device, dtype=dtype, max_loaded=max_loaded, single_file_config=single_file_config)
+    registry = ModelRegistry(models_dir, device=device, dtype=dtype, max_loaded=max_loaded, single_file_config=single_file_config,
+                             optimizations=optimizations)
     if default_model is not None:
         default_model = registry.find(default_model).title
-    rt = Runtime(registry, default_model)
+    rt = Runtime(registry, default_model, max_batch=max_batch, max_wait_ms=max_batch_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -423,6 +607,9 @@ def create_app(
 
     app = FastAPI(title="sdlab runtime (A1111-compatible API)", lifespan=lifespan)
     app.state.runtime = rt
+    app.include_router(comfy_api.router(rt))  # the ComfyUI API beside the SD WebUI one
+    app.include_router(extras.router())  # /sdapi/v1/extra-single-image (Lanczos, Nearest)
+    app.include_router(native_api.router(rt))  # POST /v1/generate: lists of tasks, batched together
 
     @app.exception_handler(ValidationError)
     async def _on_validation(request: Request, exc: ValidationError):
@@ -459,7 +646,7 @@ def create_app(
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():
-        rt.state.interrupted = True
+        rt.interrupt()
         return {}
 
     @app.post("/sdapi/v1/skip")
@@ -539,7 +726,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="local diffusers folder providing configs for single-file .safetensors checkpoints",
     )
+    parser.add_argument("--max-batch", type=int, default=None, help="images per batch (default: from the card's memory)")
+    parser.add_argument("--max-batch-wait-ms", type=float, default=50.0, help="how long a task waits for batch company")
     parser.add_argument("--log-level", default="INFO")
+    optimize.add_arguments(parser)
     args = parser.parse_args(argv)
 
     logging.basicConfig(stream=sys.stdout, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -561,8 +751,11 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             max_loaded=args.max_loaded,
             single_file_config=args.single_file_config,
+            optimizations=optimize.from_args(args),
+            max_batch=args.max_batch,
+            max_batch_wait_ms=args.max_batch_wait_ms,
         )
-    except ModelError as exc:
+    except (ModelError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("sdlab runtime on http://%s:%d (torch threads %d)", args.host, args.port, torch.get_num_threads())

@@ -1,0 +1,1 @@
+"""Benchmarks: `sdlab bench runtime` (GPU or CPU smoke), cold start, HTTP bursts."""

@@ -1,0 +1,94 @@
+"""``sdlab bench ...``: registered on the main parser by :func:`register`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _cmd_runtime(args: argparse.Namespace) -> int:
+    import torch
+
+    from sdlab.bench import runtime
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    models_ = args.models.split(",") if args.models else (["sd15", "sdxl"] if gpu else ["tiny"])
+    batches = _ints(args.batch_sizes) if args.batch_sizes else ((1, 4, 8, 16) if gpu else (1, 2))
+    compiled = _ints(args.compiled_batch_sizes) if args.compiled_batch_sizes else ((1, 8, 16) if gpu else batches)
+    repeats = args.repeats or (3 if gpu else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra: list[tuple[str, tuple[int, ...]]] = []
+    for spec in filter(None, (args.extra or "").split(",")):
+        name, _, sizes = spec.partition("@")
+        if name not in runtime.EXTRA_VARIANTS:
+            raise SystemExit(f"unknown --extra {name!r}; use {', '.join(runtime.EXTRA_VARIANTS)}")
+        extra.append((name, _ints(sizes.replace("/", ",")) if sizes else (8,)))
+    result = runtime.run(models_=models_, device=device, batches=batches, compiled_batches=compiled, repeats=repeats,
+                         ablation=args.ablation, steps=args.steps, size=args.size, cache_dir=args.compile_cache_dir,
+                         extra=tuple(extra))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+def _cmd_coldstart(args: argparse.Namespace) -> int:
+    from sdlab.bench import serving
+
+    result = serving.cold_start(Path(args.models_dir), args.model, extra=args.runtime_args or [], timeout=args.timeout)
+    print(json.dumps(result))
+    return 0 if result.get("ready_s") is not None else 1
+
+
+def _cmd_http(args: argparse.Namespace) -> int:
+    from sdlab.bench import serving
+
+    result = serving.http_burst(args.url, tasks=args.tasks, per_request=args.per_request, concurrency=args.concurrency,
+                                steps=args.steps, size=args.size)
+    print(json.dumps(result))
+    return 0 if result["failed"] == 0 else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench runtime``, ``bench coldstart`` and ``bench http`` to the ``sdlab`` command."""
+    bench = sub.add_parser("bench", help="measure the runtime (GPU or a CPU smoke run)")
+    bench = bench.add_subparsers(dest="action", required=True)
+
+    r = bench.add_parser("runtime", help="the project runtime beside plain diffusers: img/s, latency, memory, utilisation")
+    r.add_argument("--models", default=None, help="sd15,sdxl (GPU default) or tiny,tiny-xl (CPU default: tiny)")
+    r.add_argument("--batch-sizes", default=None, help="e.g. 1,4,8,16 (GPU default), 1,2 (CPU)")
+    r.add_argument("--compiled-batch-sizes", default=None, help="batch sizes of the compiled runtime (GPU default 1,8,16)")
+    r.add_argument("--repeats", type=int, default=None, help="timed calls per point after warm-up")
+    r.add_argument("--steps", type=int, default=None, help="override the model's default (25 SD1.5, 30 SDXL)")
+    r.add_argument("--size", type=int, default=None, help="override the model's default side (512, 1024)")
+    r.add_argument("--ablation", action="store_true", help="also measure each optimisation step on its own (GPU)")
+    r.add_argument("--extra", default=None,
+                   help="more runtime variants after the full set, NAME@BATCHES: e.g. nographs@1,tuned@16,vae4@8/16")
+    r.add_argument("--compile-cache-dir", default=None, help="compile caches here; the mega-cache is saved at the end")
+    r.add_argument("--device", default=None)
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--json", default=None, help="write every figure here")
+    r.set_defaults(fn=_cmd_runtime)
+
+    c = bench.add_parser("coldstart", help="seconds from `python -m sdlab.runtime` to a healthy server and a first image")
+    c.add_argument("--models-dir", required=True)
+    c.add_argument("--model", required=True)
+    c.add_argument("--timeout", type=float, default=600.0)
+    c.add_argument("runtime_args", nargs=argparse.REMAINDER, help="-- then extra runtime flags, e.g. -- --opt fast")
+    c.set_defaults(fn=_cmd_coldstart)
+
+    h = bench.add_parser("http", help="a burst of txt2img tasks through POST /v1/generate of a running runtime")
+    h.add_argument("--url", required=True)
+    h.add_argument("--tasks", type=int, default=200)
+    h.add_argument("--per-request", type=int, default=4, help="tasks per /v1/generate call")
+    h.add_argument("--concurrency", type=int, default=8, help="calls in flight")
+    h.add_argument("--steps", type=int, default=25)
+    h.add_argument("--size", type=int, default=512)
+    h.set_defaults(fn=_cmd_http)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md, one part per call, on a machine whose python3 has torch + CUDA.
+# Missing packages travel as wheels in .whl/ (diffusers, fastapi, uvicorn, pydantic, ...). Output goes to $OUT.
+#   bash sdlab/bench/gpu_session.sh sd15|sdxl|serve
+set -u
+OUT=${OUT:-/tmp/sdlab-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false TORCH_LOGS=recompiles
+CACHE=/tmp/sdlab-compile-cache
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,power.limit --format=csv,noheader
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+
+case "${1:-}" in
+  sd15)
+    python3 -m sdlab bench runtime --models sd15 ${3:-} --batch-sizes 1,4,8,16 --compiled-batch-sizes ${2:-1,8,16} \
+      --compile-cache-dir $CACHE --json "$OUT/sd15.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sd15.log"
+    ;;
+  sdxl)
+    python3 -m sdlab bench runtime --models sdxl --batch-sizes ${3:-1,4} --compiled-batch-sizes ${2:-1,4} --repeats 2 \
+      --compile-cache-dir $CACHE --json "$OUT/sdxl.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sdxl.log"
+    ;;
+  serve)
+    # cold start (no compile), then the compiled server: cold compile, an HTTP burst, a restart on the warm cache
+    M=/tmp/sdlab-models; mkdir -p $M
+    python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
+    du -sh $M/sd15
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 | tee "$OUT/coldstart-eager.json"
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 | tee -a "$OUT/coldstart-eager.json"
+    python3 -m sdlab.runtime --models-dir $M --model sd15 --port 7861 --opt fast --max-batch 8 --batch-buckets 1,8 \
+      --compile-cache-dir $CACHE --max-batch-wait-ms 30 > "$OUT/serve.log" 2>&1 &
+    PID=$!
+    python3 - <<'PY' | tee "$OUT/serve-ready.txt"
+import time, httpx
+t0 = time.time()
+while time.time() - t0 < 420:
+    try:
+        if httpx.get("http://127.0.0.1:7861/healthz", timeout=2).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    time.sleep(0.5)
+print(f"compiled server (cold compile cache) healthy {time.time() - t0:.1f} s after launch")
+PY
+    python3 -m sdlab bench http --url http://127.0.0.1:7861 --tasks ${2:-200} --per-request 4 --concurrency 8 | tee "$OUT/http.json"
+    python3 -m sdlab bench http --url http://127.0.0.1:7861 --tasks 16 --per-request 1 --concurrency 1 | tee -a "$OUT/http.json"
+    kill $PID; wait $PID
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 -- --opt fast --max-batch 8 --batch-buckets 1,8 \
+      --compile-cache-dir $CACHE | tee "$OUT/coldstart-compiled-warm-cache.json"
+    tail -5 "$OUT/serve.log"
+    ;;
+  *) echo "usage: $0 sd15|sdxl|serve"; exit 2 ;;
+esac

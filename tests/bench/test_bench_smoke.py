@@ -1,0 +1,32 @@
+"""`sdlab bench runtime` on CPU: the tiny smoke configuration runs and prints figures that parse (not timed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW = re.compile(r"^(tiny)\s+(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+
+
+def test_bench_runtime_smoke_prints_both_implementations(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sdlab", "bench", "runtime", "--threads", "2", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [m.groups() for line in proc.stdout.splitlines() if (m := ROW.match(line.strip()))]
+    impls = {r[1] for r in rows}
+    assert impls == {"diffusers", "runtime"}, proc.stdout
+    for _, _, batch, img_s, p50, p95, _peak, util, _compile in rows:
+        assert int(batch) in (1, 2) and float(img_s) > 0 and 0 < float(p50) <= float(p95)
+        assert 0 < float(util) <= 100
+    assert re.search(r"^# matmul ceiling [\d.]+ TFLOP/s", proc.stdout, re.M)
+    assert re.search(r"^# tiny runtime: best [\d.]+ img/s at batch \d", proc.stdout, re.M)
+    data = json.loads(out.read_text())
+    assert data["env"]["card"] == "cpu" and data["models"]["tiny"]["notes"]["tflop_per_image"] > 0
+    assert len(data["models"]["tiny"]["rows"]) == len(rows) == 4

@@ -1,0 +1,75 @@
+"""Optimisation switches: validated settings, CLI flags, and the same pictures with them on (CPU)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from sdlab.runtime import optimize
+from sdlab.runtime.batch import BatchItem, generate_batch
+
+ITEMS = [BatchItem("a red fox", "", 3, 7.5), BatchItem("a blue whale", "", 4, 5.0)]
+
+
+def test_optimizations_defaults_change_nothing_and_bad_values_are_named():
+    assert optimize.Optimizations().describe() == "none"
+    assert not optimize.Optimizations().compiled
+    fast = optimize.Optimizations.fast()
+    assert fast.compiled and fast.cuda_graphs and fast.dtype == "bf16" and fast.channels_last and fast.fuse_qkv
+    with pytest.raises(ValueError, match="compile='turbo'") as err:
+        optimize.Optimizations(compile="turbo", vae_batch=-1)
+    assert "vae_batch=-1" in str(err.value)  # every problem at once
+    with pytest.raises(ValueError, match="unknown optimisation preset"):
+        optimize.Optimizations.preset("warp")
+
+
+def test_cli_flags_override_the_preset():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dtype", default=None)
+    optimize.add_arguments(parser)
+    opts = optimize.from_args(parser.parse_args(["--opt", "fast", "--no-fuse-qkv", "--compile", "default", "--vae-batch", "2",
+                                                 "--batch-buckets", "1,4", "--compile-cache-dir", "/tmp/cc"]))
+    assert opts.dtype == "bf16" and opts.channels_last and not opts.fuse_qkv
+    assert (opts.compile, opts.vae_batch, opts.batch_buckets, opts.cache_dir) == ("default", 2, (1, 4), "/tmp/cc")
+    plain = optimize.from_args(parser.parse_args(["--dtype", "fp32"]))
+    assert plain == optimize.Optimizations(dtype="fp32")
+
+
+def test_eager_switches_keep_the_pictures(models_dir):
+    from sdlab.runtime.loader import load_pipeline
+
+    torch.set_num_threads(2)
+    plain = load_pipeline(models_dir / "tiny-a", device="cpu")
+    before = generate_batch(plain, ITEMS, steps=4, width=64, height=64, output="uint8").images
+    opts = optimize.Optimizations(channels_last=True, fuse_qkv=True, vae_batch=1)
+    tuned = load_pipeline(models_dir / "tiny-a", device="cpu", optimizations=opts)  # the loader's hook
+    assert optimize.settings_of(tuned) is opts
+    assert "Fused" in type(next(iter(tuned.unet.attn_processors.values()))).__name__
+    after = generate_batch(tuned, ITEMS, steps=4, width=64, height=64, output="uint8").images
+    for a, b in zip(before, after, strict=False):
+        assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 2
+    # applying again (other settings) starts from the same modules: still the same pictures
+    optimize.apply(tuned, optimize.Optimizations())
+    again = generate_batch(tuned, ITEMS, steps=4, width=64, height=64, output="uint8").images
+    assert all(np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 2 for a, b in zip(before, again, strict=False))
+
+
+def test_compile_cache_round_trip_without_compiling(tmp_path):
+    optimize.use_cache_dir(tmp_path / "cc")
+    assert (tmp_path / "cc").is_dir()
+    assert optimize.load_compile_cache(tmp_path / "cc") is False  # nothing saved yet
+    saved = optimize.save_compile_cache(tmp_path / "cc")
+    assert saved is None or saved.is_file()
+
+
+@pytest.mark.gpu
+def test_fast_settings_compile_and_reuse_the_cache(tmp_path):
+    from sdlab.bench.models import build
+
+    pipe = build("tiny", device="cuda", dtype=torch.float16)
+    optimize.apply(pipe, optimize.Optimizations.fast(cache_dir=str(tmp_path), batch_buckets=(1,)))
+    seconds = optimize.warmup(pipe, batch_sizes=[1], width=64, height=64)
+    assert seconds > 0 and optimize.save_compile_cache(tmp_path) is not None
