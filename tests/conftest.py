@@ -84,17 +84,12 @@ def client(stack):
 
 
 @pytest.fixture()
-def moto_server() -> Iterator[str]:
+def moto_server(tmp_path: Path) -> Iterator[str]:
     """A moto server process of its own on a free port; yields its endpoint URL."""
-    from sdlab.local.processes import free_port, http_ok, spawn, stop, wait_until
+    from sdlab.local import motoserver
 
-    port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"sdlab-test-moto-{port}.log"
-    proc, popen = spawn("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {}, log)
-    url = f"http://127.0.0.1:{port}"
+    server = motoserver.start(tmp_path / "moto.log")
     try:
-        wait_until(http_ok(f"{url}/moto-api/"), popen, proc, 60)
-        yield url
+        yield server.url
     finally:
-        stop([proc])
-        log.unlink(missing_ok=True)
+        assert not server.stop()

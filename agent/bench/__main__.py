@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 from agent.effects import Clients
+from agent.main import AGENT_SWITCH_INTERVAL_SECONDS
 from agent.runtimes import adapter_for
 from agent.settings import AgentSettings
-from agent.main import AGENT_SWITCH_INTERVAL_SECONDS
 from agent.worker import Worker
 from sdlab import envvars
 from sdlab.aws import AwsTarget, client
 from sdlab.client import Client
 from sdlab.config import parse_config
+from sdlab.local import motoserver
 from sdlab.local.processes import free_port, http_ok, spawn, stop, wait_until
 from sdlab.provision import provision
 from sdlab.taskstore import TaskStore
@@ -45,12 +46,10 @@ def run(tasks: int, seconds_per_image: float, visibility: int = 30) -> dict[str,
     home = Path(tempfile.mkdtemp(prefix="sdlab-agent-bench-"))
     procs = []
     try:
-        moto_port, api_port, rt_port = free_port(), free_port(), free_port()
-        endpoint = f"http://127.0.0.1:{moto_port}"
-        moto = spawn("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)], {}, home / "moto.log")
-        procs.append(moto[0])
-        wait_until(http_ok(f"{endpoint}/moto-api/"), moto[1], moto[0], 60)
-        target = AwsTarget("us-east-1", endpoint)
+        api_port, rt_port = free_port(), free_port()
+        moto = motoserver.start(home / "moto.log")
+        procs.append(moto.proc)
+        target = AwsTarget("us-east-1", moto.url)
         resources = provision(config, target)
         key = secrets.token_urlsafe(16)
         api_url = f"http://127.0.0.1:{api_port}"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdlab.aws import AwsTarget
-from sdlab.local.processes import Proc, free_port, http_ok, spawn, stop, wait_until
+from sdlab.local import motoserver
+from sdlab.local.processes import Proc, stop
 
 MOTO_ENV = {"MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
 
@@ -29,13 +30,6 @@ class Rehearsal:
 
 def start(region: str = "us-east-1", log_dir: Path | None = None, timeout_seconds: float = 60.0) -> Rehearsal:
     """Start moto on a free loopback port and wait until it answers."""
-    port = free_port()
-    log = (log_dir or Path(tempfile.gettempdir())) / f"sdlab-rehearsal-moto-{port}.log"
-    proc, popen = spawn("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], MOTO_ENV, log)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(http_ok(f"{endpoint}/moto-api/"), popen, proc, timeout_seconds)
-    except BaseException:
-        stop([proc])
-        raise
-    return Rehearsal(AwsTarget(region=region, endpoint_url=endpoint), proc)
+    log = Path(tempfile.mkdtemp(prefix="sdlab-rehearsal-", dir=log_dir)) / "moto.log"
+    server = motoserver.start(log, MOTO_ENV, timeout_seconds)
+    return Rehearsal(AwsTarget(region=region, endpoint_url=server.url), server.proc)

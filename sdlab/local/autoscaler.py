@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     res = plan["resources"]
     resources = StackResources(**{k: v for k, v in res.items() if k != "queues"},
                                queues={n: QueueInfo(**q) for n, q in res["queues"].items()})
-    scaler = LocalAutoscaler(parse_config(plan["settings"], "autoscaler plan"), resources, AwsTarget(plan["region"], plan["endpoint_url"]),
+    target = AwsTarget(plan["region"], plan["endpoint_url"])
+    scaler = LocalAutoscaler(parse_config(plan["settings"], "autoscaler plan"), resources, target,
                              Path(plan["models_dir"]), home, plan["threads"])
 
     def on_term(signum: int, frame: Any) -> None:

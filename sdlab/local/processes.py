@@ -38,7 +38,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(name: str, args: list[str], env: Mapping[str, str], log_path: Path, url: str | None = None) -> tuple[Proc, subprocess.Popen[bytes]]:
+def spawn(name: str, args: list[str], env: Mapping[str, str], log_path: Path,
+          url: str | None = None) -> tuple[Proc, subprocess.Popen[bytes]]:
     """Start `python <args>` detached from our terminal, logging to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:

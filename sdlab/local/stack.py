@@ -22,6 +22,7 @@ from sdlab import envvars
 from sdlab.aws import AwsTarget, client
 from sdlab.config import Settings
 from sdlab.errors import StackError
+from sdlab.local import motoserver
 from sdlab.local.autoscaler import pod_processes, write_plan
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
 from sdlab.models import build_or_locate, sync_models, upload_model, uploaded
@@ -77,10 +78,9 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
     t0 = time.monotonic()
     try:
         # 1. AWS APIs
-        moto_port = free_port()
-        endpoint = f"http://127.0.0.1:{moto_port}"
-        moto = started.start("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)], {}, logs, endpoint)
-        started.wait(moto, f"{endpoint}/moto-api/", 60)
+        moto = motoserver.start(logs / "moto.log")
+        started.procs.append(moto.proc)
+        endpoint = moto.url
         target = AwsTarget(region=settings.stack.region, endpoint_url=endpoint)
 
         # 2. queues, topics, table, bucket

@@ -25,6 +25,7 @@ from sdlab.aws import AwsTarget, client
 from sdlab.client import ApiError, Client
 from sdlab.config import parse_config
 from sdlab.contracts import Notification, TaskMessage
+from sdlab.local import motoserver
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
 from sdlab.provision import provision
 from sdlab.wiring import agent_environment, api_environment
@@ -257,18 +258,13 @@ class FaultStack:
 
 
 @pytest.fixture(scope="session")
-def faults_moto() -> Iterator[str]:
+def faults_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One moto server for every fault test (each provisions a stack of its own name on it): ~1 s a test saved."""
-    port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"sdlab-faults-moto-{port}.log"
-    proc, popen = spawn("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], {}, log)
-    url = f"http://127.0.0.1:{port}"
+    server = motoserver.start(tmp_path_factory.mktemp("faults-moto") / "moto.log")
     try:
-        wait_until(http_ok(f"{url}/moto-api/"), popen, proc, 60)
-        yield url
+        yield server.url
     finally:
-        assert not stop([proc])
-        log.unlink(missing_ok=True)
+        assert not server.stop()
 
 
 @pytest.fixture()
