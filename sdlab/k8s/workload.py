@@ -124,6 +124,8 @@ def _agent_env(settings: Settings, runtime: RuntimeSettings, ctx: RenderContext)
         (envvars.OUTPUT_PREFIX, ctx.output_prefix or settings.stack.output_prefix),
         (envvars.TASK_TABLE, ctx.task_table),
         (envvars.RESULTS_TOPIC_ARN, ctx.results_topic_arn),
+        (envvars.INPUT_BUCKETS, ",".join(settings.stack.input_buckets)),
+        (envvars.WORKFLOW_PREFIX, settings.stack.workflow_prefix),
         ("AWS_REGION", region),  # the AWS SDK's own name, for boto3 defaults
     ]
     if runtime.name in ctx.dlq_urls:
