@@ -17,7 +17,7 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	-$(PY) -m pip install -q --no-index "torch==$(TORCH_LOCAL)" 2>/dev/null || echo "no local torch $(TORCH_LOCAL) wheel; pip resolves torch from the index"
+	-$(PY) -m pip install -q --no-index --no-deps "torch==$(TORCH_LOCAL)" 2>/dev/null || echo "no local torch $(TORCH_LOCAL) wheel; pip resolves torch from the index"
 	$(PY) -m pip install -q -e ".[all]"
 	touch $@
 
