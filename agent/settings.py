@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sdlab import envvars
 from sdlab.aws import AwsTarget
@@ -65,7 +66,7 @@ class AgentSettings:
             "sweep_interval_seconds": (envvars.AGENT_SWEEP_INTERVAL_SECONDS, float),
             "finish_attempts": (envvars.AGENT_FINISH_ATTEMPTS, int),
         }
-        parsed: dict[str, object] = {}
+        parsed: dict[str, Any] = {}
         for field, (name, kind) in numbers.items():
             if env.get(name):
                 try:
@@ -78,7 +79,7 @@ class AgentSettings:
         if problems:
             raise ConfigError(problems, "queue agent environment")
         return cls(
-            **{field: env[name] for field, name in required.items()},
+            **{field: env[name] for field, name in required.items()},  # type: ignore[arg-type]  # the str fields
             runtime_type=runtime_type,
             dlq_url=env.get(envvars.AGENT_DLQ_URL) or None,
             high_queue_url=env.get(envvars.AGENT_HIGH_QUEUE_URL) or None,
@@ -88,5 +89,5 @@ class AgentSettings:
             input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
             workflow_prefix=env.get(envvars.WORKFLOW_PREFIX) or "workflows",
             output_prefix=env.get(envvars.OUTPUT_PREFIX) or "outputs",
-            **parsed,  # type: ignore[arg-type]
+            **parsed,
         )
