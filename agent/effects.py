@@ -18,12 +18,21 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from agent import metrics
+from agent import cost, metrics
 from agent.jobs import Job
 from agent.runtimes import RuntimeResult
 from agent.settings import AgentSettings
 from sdlab import notify
-from sdlab.contracts import Notification, TaskMessage, TaskStatus, Timings, image_key, output_prefix, result_key
+from sdlab.contracts import (
+    Notification,
+    Receipt,
+    TaskMessage,
+    TaskStatus,
+    Timings,
+    image_key,
+    output_prefix,
+    result_key,
+)
 from sdlab.taskstore import TaskStore, TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,10 @@ class Effects:
     def __init__(self, settings: AgentSettings, clients: Clients) -> None:
         self.settings = settings
         self.clients = clients
+        self.node = cost.detect(settings.instance_type, settings.capacity_type, local=bool(settings.target.endpoint_url),
+                                local_usd_per_hour=settings.local_usd_per_hour)
+        log.info("cost receipts: node %s (%s) at %s $/GPU-h (%s)", self.node.instance_type, self.node.capacity_type,
+                 self.node.usd_per_gpu_hour, self.node.price_source)
 
     # -- outputs -----------------------------------------------------------------------------------
     def store_outputs(self, task: TaskMessage, result: RuntimeResult, run_s: float) -> list[str]:
@@ -64,10 +77,11 @@ class Effects:
 
     # -- status and notification -------------------------------------------------------------------
     def end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None, error: str | None = None,
-            run_s: float | None = None, started_at: float | None = None, attempt: int | None = None) -> bool:
+            run_s: float | None = None, started_at: float | None = None, attempt: int | None = None,
+            batch: int = 1) -> bool:
         """Move the task to `status` and notify; False when another writer ended it first (no second notification)."""
         fields = self.record_end(task, status, images=images, error=error, run_s=run_s, started_at=started_at,
-                                 attempt=attempt)
+                                 attempt=attempt, batch=batch)
         if fields is None:
             return False
         self.announce(task, status, fields)
@@ -75,8 +89,9 @@ class Effects:
 
     def record_end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None,
                    error: str | None = None, run_s: float | None = None, started_at: float | None = None,
-                   attempt: int | None = None) -> dict[str, Any] | None:
-        """The conditional terminal write; returns the fields written, or None when another writer ended it first."""
+                   attempt: int | None = None, batch: int = 1) -> dict[str, Any] | None:
+        """The conditional terminal write, with the task's cost receipt; returns the fields written, or None when
+        another writer ended it first."""
         now = time.time()
         queued_s = max(0.0, (started_at or now) - task.submitted_at)
         fields: dict[str, Any] = {"finished_at": now, "queued_s": round(queued_s, 3)}
@@ -90,6 +105,8 @@ class Effects:
             fields["error"] = error
         if attempt is not None:
             fields["attempts"] = attempt
+        fields["receipt"] = cost.receipt(self.node, task.runtime, run_s=run_s, queued_s=fields["queued_s"],
+                                         batch=batch).model_dump()
         try:
             self.clients.store.finish(task.id, status, **fields)
         except TransitionRefused as refused:
@@ -105,20 +122,29 @@ class Effects:
     def announce(self, task: TaskMessage, status: TaskStatus, fields: dict[str, Any]) -> None:
         """The notification of an ending `record_end` wrote, then the `notified_at` mark."""
         self.notify(task, status, fields.get("images") or [], fields.get("error"),
-                    Timings(queued_s=fields.get("queued_s"), run_s=fields.get("run_s")))
+                    Timings(queued_s=fields.get("queued_s"), run_s=fields.get("run_s")), fields.get("receipt"))
         self._mark_notified(task)
 
-    def notify(self, task: TaskMessage, status: TaskStatus, images: list[str], error: str | None, timings: Timings) -> None:
+    def notify(self, task: TaskMessage, status: TaskStatus, images: list[str], error: str | None, timings: Timings,
+               receipt: dict[str, Any] | None = None) -> None:
         note = Notification(
             id=task.id, runtime=task.runtime, status=status, images=images, error=error, timings=timings,
             context=task.context, output_location=f"s3://{self.settings.bucket}/{output_prefix(task.prefix, task.id)}",
+            receipt=Receipt.model_validate(receipt) if receipt else None,
         )
+        if task.notification_format == "guidance" and status.terminal:
+            note = note.with_guidance_fields(f"s3://{self.settings.bucket}/{result_key(task.prefix, task.id)}")
         notify.publish(self.clients.sns, self.settings.results_topic_arn, note)
+
+    def announce_running(self, task: TaskMessage) -> None:
+        """The `running` notification, for tasks that asked for it (notify_events)."""
+        if "running" in task.notify_events:
+            self.notify(task, TaskStatus.RUNNING, [], None, Timings(queued_s=round(max(0.0, time.time() - task.submitted_at), 3)))
 
     def renotify(self, task: TaskMessage, record: dict[str, Any]) -> None:
         """Send the notification of a task that ended without one, from its record."""
         self.notify(task, TaskStatus(record["status"]), record.get("images", []), record.get("error"),
-                    Timings(queued_s=record.get("queued_s"), run_s=record.get("run_s")))
+                    Timings(queued_s=record.get("queued_s"), run_s=record.get("run_s")), record.get("receipt"))
         self._mark_notified(task)
 
     def _mark_notified(self, task: TaskMessage) -> None:

@@ -138,6 +138,11 @@ class Receiver:
             if ended is not None:
                 self._settle_ended(job, ended)
                 return None
+            if "running" in task.notify_events and job.attempt == 1:
+                try:
+                    self.effects.announce_running(task)
+                except Exception as err:  # best effort: the task runs whether or not its `running` event went out
+                    log.warning("running notification not sent: %s", err, extra=job.log_extra)
         except Exception:  # AWS errors, or a bug: either way the message must not stay held, nor this thread die
             log.exception("could not start the task; the message will be delivered again", extra=job.log_extra)
             self.inflight.remove(job)

@@ -40,6 +40,9 @@ class AgentSettings:
     log_level: str = "INFO"
     input_buckets: tuple[str, ...] = ()  # besides `bucket`, where s3:// input images may come from
     workflow_prefix: str = "workflows"  # named ComfyUI workflow templates: s3://<bucket>/<prefix>/<name>.json
+    instance_type: str | None = None  # for cost receipts; None: local (moto endpoint) or IMDSv2 (agent/cost.py)
+    capacity_type: str | None = None
+    local_usd_per_hour: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> AgentSettings:
@@ -65,6 +68,7 @@ class AgentSettings:
             "unhealthy_after_seconds": (envvars.AGENT_UNHEALTHY_AFTER_SECONDS, float),
             "sweep_interval_seconds": (envvars.AGENT_SWEEP_INTERVAL_SECONDS, float),
             "finish_attempts": (envvars.AGENT_FINISH_ATTEMPTS, int),
+            "local_usd_per_hour": (envvars.LOCAL_USD_PER_HOUR, float),
         }
         parsed: dict[str, Any] = {}
         for field, (name, kind) in numbers.items():
@@ -89,5 +93,7 @@ class AgentSettings:
             input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
             workflow_prefix=env.get(envvars.WORKFLOW_PREFIX) or "workflows",
             output_prefix=env.get(envvars.OUTPUT_PREFIX) or "outputs",
+            instance_type=env.get(envvars.AGENT_INSTANCE_TYPE) or None,
+            capacity_type=env.get(envvars.AGENT_CAPACITY_TYPE) or None,
             **parsed,
         )

@@ -32,6 +32,7 @@ from typing import Any
 from agent import metrics
 from agent.effects import Clients, Effects
 from agent.jobs import Inflight, Job
+from agent.progress import Progress
 from agent.receiver import Receiver
 from agent.runtimes import RuntimeAdapter, RuntimeFailure, RuntimeResult
 from agent.settings import AgentSettings
@@ -69,6 +70,9 @@ class Worker:
         self.max_batch = 1
         self.receiver = Receiver(settings, self.effects, self.inflight, capacity=1, supervisor=self.supervisor)
         self.sweeper = Sweeper(settings, self.effects, self.supervisor)
+        self.progress = Progress(clients.store, self.supervisor)
+        if hasattr(runtime, "on_progress"):
+            runtime.on_progress = self.progress.update  # the adapter reports; the writer thread bounds the rate
         self.finisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._unfinished = threading.Semaphore(MAX_UNFINISHED)
         self.stopping = threading.Event()
@@ -148,6 +152,7 @@ class Worker:
         self.inflight.start()
         self.receiver.start()
         self.sweeper.start()
+        self.progress.start()
         try:
             while not self.stopping.is_set():
                 jobs = self._next_jobs()
@@ -179,6 +184,7 @@ class Worker:
             self.effects.release(job, 0)
             self.inflight.remove(job)
         self.finisher.shutdown(wait=True)
+        self.progress.stop()
         self.sweeper.stop()
         self.inflight.stop()
         log.info("agent stopped after %d task(s); runtime busy %.1f%%", self.tasks_done, 100 * self.busy_fraction())
@@ -192,6 +198,8 @@ class Worker:
             metrics.IDLE_GAP_SECONDS.observe(t0 - self._last_call_end)
         with self._lock:
             self._running = jobs
+        for job in jobs:
+            job.batch = len(jobs)
         try:
             outcomes = self._call_runtime(jobs)
         except ColdShutdown:
@@ -202,6 +210,7 @@ class Worker:
             self.stopping.set()
             return
         finally:
+            self.progress.forget(j.task.id for j in jobs)
             with self._lock:
                 self._running = []
             t1 = time.monotonic()
@@ -251,7 +260,7 @@ class Worker:
             if job.cancelled:
                 self._drop_cancelled(job)
             elif isinstance(outcome, RuntimeFailure):
-                self._failed_attempt(job, outcome)
+                self._failed_attempt(job, outcome, run_s)
             else:
                 self._completed(job, outcome, started, run_s)
         except Exception:  # a bug: the message stays held until its visibility lapses, then it is delivered again
@@ -286,7 +295,8 @@ class Worker:
         except FinishFailed as err:
             self._end_failed(job, f"the images were made but could not be stored: {err}")
             return
-        won = self._end(job, TaskStatus.COMPLETED, images=keys, run_s=run_s, started_at=started, attempt=job.attempt)
+        won = self._end(job, TaskStatus.COMPLETED, images=keys, run_s=run_s, started_at=started, attempt=job.attempt,
+                        batch=job.batch)
         if not won and self._is_cancelled(job.task.id):  # cancelled while it ran: the result must not stand
             self.effects.discard_outputs(job.task, len(keys))
         log.info("task completed", extra={**job.log_extra, "seconds": round(run_s, 3)})
@@ -320,7 +330,7 @@ class Worker:
             self._step("deleting the message", job, lambda: self.effects.delete(job))
         return written is not None
 
-    def _failed_attempt(self, job: Job, err: RuntimeFailure) -> None:
+    def _failed_attempt(self, job: Job, err: RuntimeFailure, run_s: float | None = None) -> None:
         if err.retryable and job.attempt < self.settings.max_receive_count:
             delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (job.attempt - 1)) * random.uniform(0.5, 1.0)
             self._step("releasing the message", job, lambda: self.effects.release(job, int(delay)))
@@ -329,7 +339,8 @@ class Worker:
             return
         reason = f"gave up after {job.attempt} attempt(s): {err}" if err.retryable else str(err)
         # the terminal status first: a crash between the two leaves a finished task, never a lost one
-        self._end(job, TaskStatus.FAILED, error=reason, attempt=job.attempt, dead_letter=reason if err.retryable else None)
+        self._end(job, TaskStatus.FAILED, error=reason, attempt=job.attempt, dead_letter=reason if err.retryable else None,
+                  run_s=run_s, batch=job.batch)
         log.error("task failed: %s", reason, extra=job.log_extra)
 
     def _drop_cancelled(self, job: Job) -> None:

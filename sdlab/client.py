@@ -2,7 +2,9 @@
 
 Notifications arrive on a private SQS queue (the client's inbox) subscribed to the `results` topic, the way a
 user's own service would consume them. The inbox is made on first submit, so no notification can be missed,
-and deleted by `close()` (the client is a context manager).
+and deleted by `close()` (the client is a context manager). A client that never closes (a crashed notebook) leaves
+its inbox behind: each inbox is tagged with when it was last used, and every new client deletes the stack's
+inboxes idle longer than `inbox_idle_seconds` (retention.inbox_idle_hours), with their subscriptions.
 """
 
 from __future__ import annotations
@@ -21,6 +23,37 @@ from sdlab.contracts import Notification
 from sdlab.errors import SdlabError
 from sdlab.local.stack import read_stack
 from sdlab.provision import allow_topic_to_send, ensure_queue, ensure_subscription
+
+INBOX_IDLE_SECONDS = 24 * 3600
+LAST_USED_TAG = "sdlab:inbox-last-used"
+TOUCH_EVERY_SECONDS = 60.0
+
+
+def prune_inboxes(target: AwsTarget, stack: str, results_topic_arn: str, idle_seconds: float,
+                  now: float | None = None) -> list[str]:
+    """Delete the stack's client inboxes unused for `idle_seconds`, and their subscriptions; returns their URLs."""
+    sqs, sns = client("sqs", target), client("sns", target)
+    now = time.time() if now is None else now
+    urls = sqs.list_queues(QueueNamePrefix=f"{stack}-inbox-").get("QueueUrls", [])
+    idle = []
+    for url in urls:
+        tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+        try:
+            last = float(tags.get(LAST_USED_TAG, "0"))
+        except ValueError:
+            last = 0.0
+        if now - last > idle_seconds:
+            idle.append(url)
+    if not idle:
+        return []
+    arns = {sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]: u for u in idle}
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=results_topic_arn):
+        for sub in page["Subscriptions"]:
+            if sub["Endpoint"] in arns and sub["SubscriptionArn"].startswith("arn:"):
+                sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
+    for url in idle:
+        sqs.delete_queue(QueueUrl=url)
+    return idle
 
 
 class ApiError(SdlabError):
@@ -45,7 +78,7 @@ class Submitted:
 
 class Client:
     def __init__(self, api_url: str, api_key: str, target: AwsTarget, bucket: str, results_topic_arn: str,
-                 stack: str = "sdlab") -> None:
+                 stack: str = "sdlab", inbox_idle_seconds: float = INBOX_IDLE_SECONDS) -> None:
         self.api_url = api_url.rstrip("/")
         self.target = target
         self.bucket = bucket
@@ -55,7 +88,10 @@ class Client:
         self._sqs = client("sqs", target)
         self._s3 = client("s3", target)
         self._inbox: tuple[str, str] | None = None  # (queue url, subscription arn)
+        self._inbox_idle_seconds = inbox_idle_seconds
+        self._touched = 0.0
         self._seen: dict[str, Notification] = {}
+        self.events: list[Notification] = []  # non-terminal notifications (`running`) the inbox received
 
     @classmethod
     def from_stack(cls, home: str | None = None) -> Client:
@@ -69,12 +105,20 @@ class Client:
     # -- inbox -------------------------------------------------------------------------------------
     def _ensure_inbox(self) -> str:
         if self._inbox is None:
+            prune_inboxes(self.target, self._stack, self._results_topic_arn, self._inbox_idle_seconds)
             name = f"{self._stack}-inbox-{uuid.uuid4().hex[:12]}"
             url, arn = ensure_queue(self._sqs, name, {"MessageRetentionPeriod": "3600"}, self._stack)
             allow_topic_to_send(self._sqs, url, arn, self._results_topic_arn)
             sub = ensure_subscription(client("sns", self.target), self._results_topic_arn, arn, None)
             self._inbox = (url, sub)
+        self._touch()
         return self._inbox[0]
+
+    def _touch(self) -> None:
+        """Mark the inbox used (at most once a minute), so other clients' pruning leaves it alone."""
+        if self._inbox is not None and time.monotonic() - self._touched > TOUCH_EVERY_SECONDS:
+            self._sqs.tag_queue(QueueUrl=self._inbox[0], Tags={LAST_USED_TAG: str(int(time.time()))})
+            self._touched = time.monotonic()
 
     def close(self) -> None:
         """Delete the inbox queue and its subscription."""
@@ -111,6 +155,11 @@ class Client:
         answer = self._call("POST", "/v1/tasks", json=body)
         return Submitted(answer["id"], runtime, answer["status_url"], answer["output_location"], time.time())
 
+    def usage(self, since: float | str | None = None, until: float | str | None = None) -> dict[str, Any]:
+        """Work and estimated cost of the tasks that ended in [since, until), per API key and per runtime."""
+        params = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+        return self._call("GET", "/v1/usage", params=params)
+
     def status(self, task_id: str) -> dict[str, Any]:
         """The task record: status, timings, error, presigned image URLs."""
         return self._call("GET", f"/v1/tasks/{task_id}")
@@ -146,7 +195,10 @@ class Client:
             out = self._sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10, WaitTimeSeconds=min(5, max(1, int(left))))
             for msg in out.get("Messages", []):
                 note = Notification.model_validate(json.loads(msg["Body"]))
-                self._seen[note.id] = note
+                if note.status.terminal:
+                    self._seen[note.id] = note
+                else:
+                    self.events.append(note)
                 self._sqs.delete_message(QueueUrl=inbox, ReceiptHandle=msg["ReceiptHandle"])
         return {i: self._seen[i] for i in ids}
 

@@ -191,13 +191,45 @@ class StackSettings(_Strict):
         return self.bucket or f"{self.name}-data"
 
 
+class RetentionSettings(_Strict):
+    """How long results live: S3 lifecycle on the outputs, DynamoDB TTL on task records, idle client inboxes."""
+
+    outputs_days: int = Field(30, ge=1, description="outputs under stack.output_prefix expire after this many days")
+    records_days: int = Field(7, ge=1, description="task records expire (DynamoDB TTL) this many days after submit")
+    inbox_idle_hours: int = Field(24, ge=1, description="client inbox queues unused this long are deleted")
+
+
+class PricingSettings(_Strict):
+    """Prices for cost receipts where the price table has none."""
+
+    local_usd_per_hour: float = Field(0.0, ge=0, description="what an hour of a local runtime costs (your machine)")
+
+
+class CompatSettings(_Strict):
+    """The public guidance's API (POST /v1alpha1, /v1alpha2)."""
+
+    v1alpha1_runtime: str | None = Field(
+        None, description="runtime for v1alpha1 requests whose sd_model_checkpoint no runtime's model matches")
+
+
 class Settings(_Strict):
     """The whole file."""
 
     version: Literal[1] = 1
     stack: StackSettings = StackSettings()
     limits: Limits = Limits()
+    retention: RetentionSettings = RetentionSettings()
+    pricing: PricingSettings = PricingSettings()
+    compat: CompatSettings = CompatSettings()
     runtimes: tuple[RuntimeSettings, ...]
+
+    @model_validator(mode="after")
+    def _compat_runtime(self) -> Settings:
+        name = self.compat.v1alpha1_runtime
+        webui = [r.name for r in self.runtimes if r.type in ("sdwebui", "diffusers")]
+        if name is not None and name not in webui:
+            raise ValueError(f"compat.v1alpha1_runtime {name!r} is not an sdwebui or diffusers runtime; use one of {webui}")
+        return self
 
     @model_validator(mode="after")
     def _unique_runtimes(self) -> Settings:

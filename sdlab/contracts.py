@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 CONTRACT_VERSION = 1
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 TaskType = Literal["text-to-image", "image-to-image", "extra-single-image", "pipeline"]
+# Notifications a task asks for besides its terminal one (`completed` = any ending), as Replicate's webhook_events_filter.
+NotifyEvent = Literal["running", "completed"]
+# `guidance`: terminal notifications also carry the public guidance's fields (result, image_url, output_url).
+NotificationFormat = Literal["sdlab", "guidance"]
 
 
 class TaskStatus(str, Enum):
@@ -60,6 +64,11 @@ class SubmitRequest(BaseModel):
     ttl_seconds: int | None = Field(None, ge=1, le=14 * 24 * 3600)
     callback_url: str | None = None
     context: dict[str, Any] | str | None = None
+    notify_events: tuple[NotifyEvent, ...] = Field(
+        ("completed",), description="which notifications (and webhook calls) this task sends: add 'running' for one "
+        "when it starts; 'completed' is the terminal one (completed, failed, cancelled, expired)")
+    notification_format: NotificationFormat = Field(
+        "sdlab", description="'guidance': notifications also carry the public guidance's result, image_url, output_url")
     payload: dict[str, Any]
 
     @field_validator("id")
@@ -100,6 +109,8 @@ class TaskMessage(BaseModel):
     submitted_at: float
     ttl_seconds: int | None = None
     callback_url: str | None = None
+    notify_events: tuple[NotifyEvent, ...] = ("completed",)
+    notification_format: NotificationFormat = "sdlab"
 
     @field_validator("id")
     @classmethod
@@ -113,6 +124,30 @@ class TaskMessage(BaseModel):
 class Timings(BaseModel):
     queued_s: float | None = None
     run_s: float | None = None
+
+
+class Progress(BaseModel):
+    """How far a running task is, as its runtime reports it (written at most once a second per task)."""
+
+    fraction: float = Field(ge=0.0, le=1.0, description="0..1 of the whole task")
+    step: int | None = Field(None, description="sampling steps done (of the current image or node)")
+    steps: int | None = Field(None, description="sampling steps in total (of the current image or node)")
+    updated_at: float
+
+
+class Receipt(BaseModel):
+    """The work a task took and what it cost, estimated from the price table (sdlab/deploy/data/prices.yaml)."""
+
+    runtime: str
+    instance_type: str = Field(description="'local' on a workstation, 'unknown' where no node could be identified")
+    capacity_type: str = Field(description="'spot', 'on-demand', 'local' or 'unknown'")
+    gpu_s: float = Field(description="GPU-seconds: the runtime call's duration divided among the tasks it batched")
+    queued_s: float | None = None
+    run_s: float | None = None
+    batch: int = 1
+    usd_per_hour: float | None = Field(None, description="price of one GPU of the node; None when not known")
+    cost_usd: float | None = None
+    price_source: str = ""
 
 
 class Notification(BaseModel):
@@ -129,6 +164,26 @@ class Notification(BaseModel):
     error: str | None = None
     timings: Timings = Timings()
     context: dict[str, Any] | str | None = None
+    receipt: Receipt | None = None
+    # the public guidance's notification fields, present when the task asked for notification_format 'guidance'
+    result: bool | None = None
+    image_url: list[str] | None = None
+    output_url: str | None = None
+
+    def with_guidance_fields(self, result_uri: str) -> Notification:
+        """The same notification with the guidance's fields filled in (its consumers read those)."""
+        return self.model_copy(update={"result": self.status == TaskStatus.COMPLETED, "image_url": list(self.images),
+                                       "output_url": result_uri})
+
+
+def bare_model_name(name: str) -> str:
+    """`"v1-5.safetensors [6ce0161689]"` -> `"v1-5"`: A1111 model titles carry a hash and often an extension."""
+    name = name.strip()
+    if name.endswith("]") and " [" in name:
+        name = name[: name.rindex(" [")]
+    for ext in (".safetensors", ".ckpt"):
+        name = name.removesuffix(ext)
+    return name
 
 
 def output_prefix(prefix: str, task_id: str) -> str:
@@ -151,4 +206,6 @@ def json_schemas() -> dict[str, dict]:
         "SubmitRequest": SubmitRequest.model_json_schema(),
         "TaskMessage": TaskMessage.model_json_schema(),
         "Notification": Notification.model_json_schema(),
+        "Receipt": Receipt.model_json_schema(),
+        "Progress": Progress.model_json_schema(),
     }

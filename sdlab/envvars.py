@@ -50,6 +50,11 @@ AGENT_LOG_LEVEL = "SDLAB_AGENT_LOG_LEVEL"
 AGENT_UNHEALTHY_AFTER_SECONDS = "SDLAB_AGENT_UNHEALTHY_AFTER_SECONDS"  # a thread failing this long fails /healthz
 AGENT_SWEEP_INTERVAL_SECONDS = "SDLAB_AGENT_SWEEP_INTERVAL_SECONDS"  # DLQ sweeper period
 AGENT_FINISH_ATTEMPTS = "SDLAB_AGENT_FINISH_ATTEMPTS"  # tries of store/end/notify after the runtime call
+AGENT_INSTANCE_TYPE = "SDLAB_AGENT_INSTANCE_TYPE"  # the node's instance type for cost receipts (default: IMDSv2)
+AGENT_CAPACITY_TYPE = "SDLAB_AGENT_CAPACITY_TYPE"  # spot / on-demand (default: IMDSv2 instance-life-cycle)
+LOCAL_USD_PER_HOUR = "SDLAB_LOCAL_USD_PER_HOUR"  # price of a local run (pricing.local_usd_per_hour)
+V1ALPHA1_RUNTIME = "SDLAB_V1ALPHA1_RUNTIME"  # where guidance v1alpha1 requests go when no runtime has their model
+RECORD_RETENTION_DAYS = "SDLAB_RECORD_RETENTION_DAYS"  # task records expire (DynamoDB TTL) after this
 
 # AWS clients (every process): how long a call may take and how often botocore retries it
 AWS_READ_TIMEOUT_SECONDS = "SDLAB_AWS_READ_TIMEOUT_SECONDS"

@@ -110,6 +110,20 @@ def ensure_bucket(s3: Any, name: str, region: str, stack: str) -> str:
     return name
 
 
+def ensure_output_lifecycle(s3: Any, bucket: str, prefix: str, days: int) -> None:
+    """Outputs under `prefix/` expire after `days` (S3 lifecycle; incomplete uploads are cleaned after a day)."""
+    rule = {"ID": "sdlab-outputs-expire", "Status": "Enabled", "Filter": {"Prefix": f"{prefix}/"},
+            "Expiration": {"Days": days}, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    others = [r for r in rules if r.get("ID") != rule["ID"]]  # rules someone else added stay
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, rule]})
+
+
 def ensure_topic(sns: Any, name: str, stack: str) -> str:
     """SNS topic (CreateTopic is idempotent); returns its ARN."""
     arn = sns.create_topic(Name=name, Tags=[{"Key": k, "Value": v} for k, v in _tags(stack).items()])["TopicArn"]
@@ -228,6 +242,7 @@ def provision(settings: Settings, target: AwsTarget) -> StackResources:
         results_topic_arn=ensure_topic(sns, names.results_topic, names.stack),
         table=ensure_table(ddb, names.table, names.stack),
     )
+    ensure_output_lifecycle(s3, names.bucket, settings.stack.output_prefix, settings.retention.outputs_days)
     # webhook deliveries: every notification also lands here, for tasks that asked for a callback_url
     cb_dlq_url, _ = ensure_queue(sqs, f"{names.callbacks_queue}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)}, names.stack)
     cb_url, cb_arn = ensure_queue(sqs, names.callbacks_queue, {"VisibilityTimeout": "60"}, names.stack)

@@ -53,14 +53,15 @@ def _dynamo(value: Any) -> Any:
 class TaskStore:
     """Typed access to the task table through a boto3 DynamoDB client."""
 
-    def __init__(self, dynamodb: Any, table: str) -> None:
+    def __init__(self, dynamodb: Any, table: str, retention_seconds: int = RECORD_RETENTION_SECONDS) -> None:
         self._db = dynamodb
         self._table = table
+        self._retention = retention_seconds
 
     def create(self, record: dict[str, Any]) -> None:
-        """Insert a new `queued` record; raises TaskExists if the id is taken."""
+        """Insert a new `queued` record (expiring through the table's TTL); raises TaskExists if the id is taken."""
         item = {**record, "status": TaskStatus.QUEUED.value,
-                "expires_at": int(time.time()) + RECORD_RETENTION_SECONDS}
+                "expires_at": int(time.time()) + self._retention}
         try:
             self._db.put_item(
                 TableName=self._table, Item=_serialize(item), ConditionExpression="attribute_not_exists(id)"
@@ -123,6 +124,33 @@ class TaskStore:
             TableName=self._table, Key={"id": {"S": task_id}}, UpdateExpression="SET notified_at = :t",
             ConditionExpression="attribute_exists(id)", ExpressionAttributeValues={":t": {"N": repr(time.time())}},
         )
+
+    def set_progress(self, task_id: str, progress: dict[str, Any]) -> bool:
+        """Write a running task's progress; False (nothing written) once the task is no longer running."""
+        try:
+            self._db.update_item(
+                TableName=self._table, Key={"id": {"S": task_id}}, UpdateExpression="SET progress = :p",
+                ConditionExpression="#status = :running", ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=_serialize({":p": progress, ":running": TaskStatus.RUNNING.value}),
+            )
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def ended_between(self, since: float, until: float, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Records that ended in [since, until), with only `fields` (a scan: usage reports, not hot paths)."""
+        names = {f"#f{i}": f for i, f in enumerate(fields)}
+        kwargs: dict[str, Any] = {
+            "TableName": self._table, "FilterExpression": "#fin >= :since AND #fin < :until",
+            "ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": {**names, "#fin": "finished_at"},
+            "ExpressionAttributeValues": _serialize({":since": float(since), ":until": float(until)}),
+        }
+        out: list[dict[str, Any]] = []
+        for page in self._db.get_paginator("scan").paginate(**kwargs):
+            out += [_deserialize(item) for item in page.get("Items", [])]
+        return out
 
     def start(self, task_id: str, **fields: Any) -> dict[str, Any]:
         """queued -> running (a redelivered `running` task may be restarted by another agent)."""

@@ -78,9 +78,12 @@ def api_environment(settings: Settings, resources: StackResources, target: AwsTa
         envvars.RESULTS_TOPIC_ARN: resources.results_topic_arn,
         envvars.BUCKET: resources.bucket,
         envvars.OUTPUT_PREFIX: settings.stack.output_prefix,
-        envvars.RUNTIMES: json.dumps({rt.name: {"type": rt.type} for rt in settings.runtimes}, sort_keys=True),
+        envvars.RUNTIMES: json.dumps({rt.name: {"type": rt.type, "model": rt.model.name} for rt in settings.runtimes},
+                                     sort_keys=True),
         envvars.LIMITS: settings.limits.model_dump_json(),
         envvars.INPUT_BUCKETS: ",".join(settings.stack.input_buckets),
+        envvars.V1ALPHA1_RUNTIME: settings.compat.v1alpha1_runtime or "",
+        envvars.RECORD_RETENTION_DAYS: str(settings.retention.records_days),
     }
 
 
@@ -131,6 +134,7 @@ def agent_environment(settings: Settings, runtime: RuntimeSettings, endpoints: E
         envvars.AGENT_LOG_LEVEL: log_level,
         envvars.INPUT_BUCKETS: ",".join(settings.stack.input_buckets),
         envvars.WORKFLOW_PREFIX: settings.stack.workflow_prefix,
+        envvars.LOCAL_USD_PER_HOUR: str(settings.pricing.local_usd_per_hour),
     }
     if runtime.batch.max_batch is not None:  # unset: the agent asks a batching runtime what its card holds
         env[envvars.AGENT_MAX_BATCH] = str(runtime.batch.max_batch)

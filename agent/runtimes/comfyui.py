@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from agent.inputs import IMAGE_MAGIC, TaskInputs
+from agent.progress import ProgressSink
 from agent.runtimes.base import RuntimeFailure, RuntimeResult
 from sdlab.contracts import TaskMessage
 from sdlab.errors import ValidationError
@@ -86,6 +87,8 @@ class ComfyUIAdapter:
         self.inputs = inputs
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
         self._prompt_id: str | None = None
+        self.on_progress: ProgressSink | None = None
+        self._task_id = ""
 
     def ready(self) -> bool:
         try:
@@ -101,6 +104,7 @@ class ComfyUIAdapter:
             ws = connect(f"{self._ws_base}/ws?clientId={client_id}", open_timeout=10, close_timeout=2, max_size=2**24)
         except (OSError, TimeoutError, WebSocketException) as err:
             raise RuntimeFailure(f"ComfyUI websocket unreachable: {err.__class__.__name__}: {err}", retryable=True) from err
+        self._task_id = task.id
         with ws:
             self._await_status(ws)
             prompt_id = self._queue_prompt(graph, client_id)
@@ -215,7 +219,10 @@ class ComfyUIAdapter:
             if kind == "execution_success" or (kind == "executing" and data.get("node") is None):
                 return
             if kind == "progress":
-                log.debug("prompt %s node %s: %s/%s", prompt_id, data.get("node"), data.get("value"), data.get("max"))
+                value, total = data.get("value"), data.get("max")
+                if self.on_progress is not None and isinstance(value, int) and isinstance(total, int) and total > 0:
+                    # a workflow's sampling steps are the bulk of its time; its other nodes are quick
+                    self.on_progress([self._task_id], value / total, value, total)
 
     def _finished(self, prompt_id: str) -> bool:
         """A quiet socket: did the prompt end while we were not told (e.g. messages lost on a reconnect)?"""

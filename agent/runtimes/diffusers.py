@@ -87,7 +87,8 @@ class DiffusersAdapter(SdWebUIAdapter):
         # A batch of n takes longer than one task, but far less than n tasks one after the other.
         timeout = self._timeout * max(1.0, len(tasks) / 2)
         try:
-            reply = self._http.post(f"{self._base}/v1/generate", json=body, timeout=httpx.Timeout(timeout, connect=5.0))
+            with self.watch_progress([t.id for t in tasks]):  # one GPU batch: its tasks advance step by step together
+                reply = self._http.post(f"{self._base}/v1/generate", json=body, timeout=httpx.Timeout(timeout, connect=5.0))
         except httpx.TimeoutException as err:
             self.interrupt()
             failure = RuntimeFailure(f"runtime did not answer /v1/generate in time ({err.__class__.__name__})", retryable=True)

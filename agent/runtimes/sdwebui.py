@@ -9,21 +9,26 @@ The project's diffusers runtime speaks the same API, so this adapter drives both
    through options makes the change stick, so the next task for the same model pays no load; an unknown model
    fails the task at once, naming the models the runtime has.
 `override_settings` is passed through unchanged. A call that outlives the timeout interrupts the runtime.
+While a generation runs, `/sdapi/v1/progress` is polled and passed to `on_progress` (agent/progress.py).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from agent.inputs import TaskInputs
+from agent.progress import ProgressSink
 from agent.runtimes.base import RuntimeFailure, RuntimeResult
-from sdlab.contracts import TaskMessage
+from sdlab.contracts import TaskMessage, bare_model_name
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {
@@ -34,7 +39,9 @@ ENDPOINTS = {
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # keys the guidance's clients put in alwayson_scripts for routing; none of them is a script
 ROUTING_KEYS = ("task", "id_task", "uid", "sd_model_checkpoint", "image_link", "save_dir", "sd_vae", "override_settings")
+__all__ = ["SdWebUIAdapter", "bare_model_name", "prepare_payload"]
 MODEL_POLL_SECONDS = 0.25
+PROGRESS_POLL_SECONDS = 0.5
 
 
 def _decode_image(data: Any, n: int) -> bytes:
@@ -49,16 +56,6 @@ def _decode_image(data: Any, n: int) -> bytes:
     if not raw.startswith(PNG_MAGIC):
         raise RuntimeFailure(f"image {n} in the runtime's answer is not a PNG", retryable=True)
     return raw
-
-
-def bare_model_name(name: str) -> str:
-    """`"v1-5.safetensors [6ce0161689]"` -> `"v1-5"`: A1111 titles carry a hash and often an extension."""
-    name = name.strip()
-    if name.endswith("]") and " [" in name:
-        name = name[: name.rindex(" [")]
-    for ext in (".safetensors", ".ckpt"):
-        name = name.removesuffix(ext)
-    return name
 
 
 def prepare_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -88,6 +85,36 @@ class SdWebUIAdapter:
         self._timeout = timeout_seconds
         self.inputs = inputs
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_seconds, connect=5.0))
+        self.on_progress: ProgressSink | None = None
+
+    @contextlib.contextmanager
+    def watch_progress(self, task_ids: list[str]) -> Iterator[None]:
+        """Poll `/sdapi/v1/progress` while the block runs (one generation at a time per runtime, so it is theirs)."""
+        sink = self.on_progress
+        if sink is None:
+            yield
+            return
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(PROGRESS_POLL_SECONDS):
+                try:
+                    answer = self._http.get(f"{self._base}/sdapi/v1/progress", params={"skip_current_image": "true"},
+                                            timeout=5.0).json()
+                    state = answer.get("state") or {}
+                    if state.get("job_count") or answer.get("progress"):
+                        sink(task_ids, float(answer.get("progress") or 0.0), state.get("sampling_step"),
+                             state.get("sampling_steps"))
+                except (httpx.HTTPError, ValueError, TypeError, AttributeError):
+                    continue  # progress is best effort; the generation call itself reports real failures
+
+        thread = threading.Thread(target=poll, name="progress-poll", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=6)
 
     def ready(self) -> bool:
         try:
@@ -104,7 +131,8 @@ class SdWebUIAdapter:
             body = self.inputs.resolve_webui(body)
         if wanted:
             self.ensure_model(wanted)
-        reply = self._call("POST", endpoint, json=body)
+        with self.watch_progress([task.id]):
+            reply = self._call("POST", endpoint, json=body)
         try:
             answer = reply.json()
         except ValueError as err:

@@ -1,4 +1,6 @@
-"""Lambda handlers behind API Gateway (REST, proxy integration): `POST /v1/tasks`, `GET /v1/tasks/{id}`.
+"""Lambda handlers behind API Gateway (REST, proxy integration): `POST /v1/tasks`, `GET /v1/tasks/{id}`,
+`GET|DELETE /v1/tasks/{id}`, `GET /v1/usage`, and the public guidance's `POST /v1alpha2` and `/v1alpha1`
+(sdlab/api/compat.py). The whole contract: `sdlab api openapi` (sdlab/api/openapi.py).
 
 `handler` is the Lambda entry point (API Gateway `/{proxy+}` ANY → this function). It takes a proxy event and
 returns a proxy response, on AWS and behind the local gateway alike. Settings come from SDLAB_* environment
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -20,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdlab import envvars, notify
-from sdlab.api import validation
+from sdlab.api import compat, validation
 from sdlab.aws import AwsTarget, client
 from sdlab.config import Limits
 from sdlab.contracts import (
     Notification,
+    Receipt,
+    SubmitRequest,
     TaskMessage,
     TaskStatus,
     Timings,
@@ -34,11 +40,12 @@ from sdlab.contracts import (
     output_prefix,
 )
 from sdlab.errors import ConfigError, ValidationError
-from sdlab.taskstore import TaskExists, TaskStore, TransitionRefused
+from sdlab.taskstore import RECORD_RETENTION_SECONDS, TaskExists, TaskStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 PRESIGN_SECONDS = 3600
 _TASK_PATH = re.compile(r"^/v1/tasks/(?P<id>[^/]+)/?$")
+USAGE_DEFAULT_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,9 @@ class ApiSettings:
     results_topic_arn: str | None = None  # cancel publishes the `cancelled` notification
     status_base_url: str | None = None
     input_buckets: tuple[str, ...] = ()  # besides `bucket`, where s3:// input images may come from
+    runtime_models: Mapping[str, str] | None = None  # name -> model name (v1alpha1 routing)
+    v1alpha1_runtime: str | None = None
+    record_retention_seconds: int = RECORD_RETENTION_SECONDS
 
     @property
     def allowed_input_buckets(self) -> tuple[str, ...]:
@@ -66,7 +76,10 @@ class ApiSettings:
         if missing:
             raise ConfigError([f"environment variable {n} is not set" for n in missing], "API function")
         try:
-            runtimes = {name: spec["type"] for name, spec in json.loads(env[envvars.RUNTIMES]).items()}
+            specs = json.loads(env[envvars.RUNTIMES])
+            runtimes = {name: spec["type"] for name, spec in specs.items()}
+            models = {name: spec.get("model", "") for name, spec in specs.items()}
+            retention_days = int(env.get(envvars.RECORD_RETENTION_DAYS) or RECORD_RETENTION_SECONDS // 86400)
             limits = Limits.model_validate_json(env.get(envvars.LIMITS) or "{}")
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError([f"{envvars.RUNTIMES}/{envvars.LIMITS} is not valid JSON of the expected shape: {err}"]) from err
@@ -81,6 +94,9 @@ class ApiSettings:
             results_topic_arn=env.get(envvars.RESULTS_TOPIC_ARN) or None,
             status_base_url=env.get(envvars.STATUS_BASE_URL) or None,
             input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
+            runtime_models=models,
+            v1alpha1_runtime=env.get(envvars.V1ALPHA1_RUNTIME) or None,
+            record_retention_seconds=retention_days * 86400,
         )
 
 
@@ -96,7 +112,7 @@ def _clients(settings: ApiSettings) -> tuple[TaskStore, Any, Any]:
     """Clients for these settings, built once per container and reused (Lambda keeps them warm)."""
     if id(settings) not in _CLIENTS:
         _CLIENTS[id(settings)] = (
-            TaskStore(client("dynamodb", settings.target), settings.table),
+            TaskStore(client("dynamodb", settings.target), settings.table, settings.record_retention_seconds),
             client("sns", settings.target),
             client("s3", settings.target),
         )
@@ -134,13 +150,32 @@ def _base_url(event: Mapping[str, Any], settings: ApiSettings) -> str:
     return f"https://{host}" + (f"/{stage}" if stage and stage != "$default" else "")
 
 
-def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
-    """Validate, record as `queued`, publish with the `runtime` attribute, answer 202."""
+def _body(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     body = event.get("body")
     if event.get("isBase64Encoded") and body:
         body = base64.b64decode(body)
-    data = validation.parse_body(body, _header(event, "Content-Type"), settings.limits)
-    request = validation.parse_request(data)
+    return validation.parse_body(body, _header(event, "Content-Type"), settings.limits)
+
+
+def api_key_id(event: Mapping[str, Any]) -> str:
+    """A non-reversible id of the caller's API key (never the key itself): usage is rolled up by it."""
+    key = ((event.get("requestContext") or {}).get("identity") or {}).get("apiKey")
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "anonymous"
+
+
+def request_hash(request: SubmitRequest) -> str:
+    """Fingerprint of a submit, for idempotency: the same id with the same body is the same task."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+
+
+def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """Validate, record as `queued`, publish with the `runtime` attribute, answer 202 (200 for a repeat)."""
+    return accept(validation.parse_request(_body(event, settings)), event, settings)
+
+
+def accept(request: SubmitRequest, event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """Queue a validated envelope. `id` is an idempotency key: an identical repeat answers 200 with the task
+    already accepted (nothing runs twice); a different body under the same id is refused (409)."""
     if request.runtime not in settings.runtimes:
         return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
     validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits,
@@ -152,20 +187,29 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     prefix = request.prefix or settings.output_prefix
     now = time.time()
     location = f"s3://{settings.bucket}/{output_prefix(prefix, task_id)}"
+    fingerprint = request_hash(request)
+    status_url = f"{_base_url(event, settings)}/v1/tasks/{task_id}"
     try:
         store.create({
             "id": task_id, "runtime": request.runtime, "task_type": request.task_type, "prefix": prefix,
             "priority": request.priority, "created_at": now, "output_location": location,
             "ttl_seconds": request.ttl_seconds, "context": request.context, "callback_url": request.callback_url,
+            "api_key_id": api_key_id(event), "request_hash": fingerprint,
         })
     except TaskExists:
-        return error(409, "task_exists", f"a task with id {task_id!r} was already submitted; omit `id` or choose a new one", "id")
+        existing = store.get(task_id) or {}
+        if existing.get("request_hash") == fingerprint:
+            return response(200, {"id": task_id, "status": existing.get("status"), "status_url": status_url,
+                                  "output_location": existing.get("output_location", location)})
+        return error(409, "task_exists", f"a task with id {task_id!r} was already submitted with another body; "
+                     "repeat it unchanged to get that task, or choose a new id", "id")
 
     # 2. publish; if that fails nothing was accepted, so the record goes too
     message = TaskMessage(
         id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
         payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
-        callback_url=request.callback_url,
+        callback_url=request.callback_url, notify_events=request.notify_events,
+        notification_format=request.notification_format,
     )
     try:
         sns.publish(
@@ -181,12 +225,85 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
         store.delete(task_id)
         return error(503, "publish_failed", "the task could not be queued; retry the request")
     log.info("accepted task %s for runtime %s", task_id, request.runtime)
-    return response(202, {
-        "id": task_id,
-        "status": "queued",
-        "status_url": f"{_base_url(event, settings)}/v1/tasks/{task_id}",
-        "output_location": location,
-    })
+    return response(202, {"id": task_id, "status": "queued", "status_url": status_url, "output_location": location})
+
+
+def submit_v1alpha2(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """The guidance's v1alpha2 submit: its body, its answer (200 {id, runtime, output_location}) plus status_url."""
+    request = validation.parse_request(compat.from_v1alpha2(_body(event, settings)))
+    answer = accept(request, event, settings)
+    if answer["statusCode"] >= 300:
+        return answer
+    body = json.loads(answer["body"])
+    return response(200, {"id": body["id"], "runtime": request.runtime, "output_location": body["output_location"],
+                          "status_url": body["status_url"]})
+
+
+def submit_v1alpha1(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """The guidance's legacy v1alpha1 submit, routed by model; answers {id_task, sd_model_checkpoint, output_location}."""
+    data = _body(event, settings)
+    upgraded = compat.from_v1alpha1(data, {n: {"type": t, "model": (settings.runtime_models or {}).get(n, "")}
+                                           for n, t in settings.runtimes.items()}, settings.v1alpha1_runtime)
+    request = validation.parse_request(upgraded)
+    answer = accept(request, event, settings)
+    if answer["statusCode"] >= 300:
+        return answer
+    body = json.loads(answer["body"])
+    return response(200, {"id_task": body["id"], "sd_model_checkpoint": data["alwayson_scripts"]["sd_model_checkpoint"],
+                          "runtime": request.runtime, "output_location": body["output_location"],
+                          "status_url": body["status_url"]})
+
+
+def _instant(field: str, value: str) -> float:
+    """Unix seconds, or an ISO 8601 date or date-time (UTC unless it says otherwise)."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise ValidationError(field, f"{value!r} is neither unix seconds nor an ISO 8601 date-time, "
+                              "e.g. 2026-11-30T00:00Z") from err
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+USAGE_FIELDS = ("id", "runtime", "status", "api_key_id", "finished_at", "image_count", "receipt")
+
+
+def _add(total: dict[str, Any], record: Mapping[str, Any]) -> None:
+    receipt = record.get("receipt") or {}
+    total["tasks"] += 1
+    total["images"] += int(record.get("image_count") or 0)
+    total["gpu_s"] = round(total["gpu_s"] + float(receipt.get("gpu_s") or 0.0), 3)
+    if receipt.get("cost_usd") is not None:
+        total["cost_usd"] = round(total["cost_usd"] + float(receipt["cost_usd"]), 8)
+    elif receipt.get("gpu_s"):
+        total["unpriced_gpu_s"] = round(total["unpriced_gpu_s"] + float(receipt["gpu_s"]), 3)
+    total["by_status"][record.get("status", "?")] = total["by_status"].get(record.get("status", "?"), 0) + 1
+
+
+def _zero() -> dict[str, Any]:
+    return {"tasks": 0, "images": 0, "gpu_s": 0.0, "cost_usd": 0.0, "unpriced_gpu_s": 0.0, "by_status": {}}
+
+
+def usage(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
+    """Tasks that ended in [since, until): their GPU-seconds and estimated cost, in total, per API key, per runtime."""
+    query = event.get("queryStringParameters") or {}
+    unknown = sorted(set(query) - {"since", "until"})
+    if unknown:
+        raise ValidationError(unknown[0], "unknown query parameter; use since and until")
+    until = _instant("until", query["until"]) if query.get("until") else time.time()
+    since = _instant("since", query["since"]) if query.get("since") else until - USAGE_DEFAULT_DAYS * 86400
+    if since >= until:
+        raise ValidationError("since", "must be before until")
+    store, _, _ = _clients(settings)
+    total, by_key, by_runtime = _zero(), {}, {}
+    for record in store.ended_between(since, until, USAGE_FIELDS):
+        _add(total, record)
+        _add(by_key.setdefault(record.get("api_key_id", "anonymous"), _zero()), record)
+        _add(by_runtime.setdefault(record.get("runtime", "?"), _zero()), record)
+    return response(200, {"since": since, "until": until, "total": total, "by_api_key": by_key, "by_runtime": by_runtime})
 
 
 def _task_id(value: str) -> str:
@@ -239,8 +356,14 @@ def cancel_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
     """A queued task never runs; a running one is interrupted (or its result discarded). Notifies `cancelled`."""
     store, sns, _ = _clients(settings)
     try:
-        record = store.transition(_task_id(task_id), TaskStatus.CANCELLED, {TaskStatus.QUEUED, TaskStatus.RUNNING},
-                                  finished_at=time.time(), error="cancelled by the client")
+        current = store.get(_task_id(task_id)) or {}
+        now = time.time()
+        # the API cannot see a running task's GPU time: a cancelled task's receipt counts none (a known undercount)
+        receipt = Receipt(runtime=current.get("runtime", "?"), instance_type="none", capacity_type="none", gpu_s=0.0,
+                          queued_s=round(now - float(current.get("created_at", now)), 3), usd_per_hour=None,
+                          cost_usd=0.0, price_source="cancelled before a runtime finished it")
+        record = store.transition(task_id, TaskStatus.CANCELLED, {TaskStatus.QUEUED, TaskStatus.RUNNING},
+                                  finished_at=now, error="cancelled by the client", receipt=receipt.model_dump())
     except TransitionRefused as refused:
         if refused.current is None:
             return error(404, "unknown_task", f"no task with id {task_id!r}", "id")
@@ -249,7 +372,8 @@ def cancel_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
         notify.publish(sns, settings.results_topic_arn, Notification(
             id=task_id, runtime=record["runtime"], status=TaskStatus.CANCELLED, error=record["error"],
             output_location=record.get("output_location"), context=record.get("context"),
-            timings=Timings(queued_s=round(record["finished_at"] - record["created_at"], 3))))
+            timings=Timings(queued_s=round(record["finished_at"] - record["created_at"], 3)),
+            receipt=Receipt.model_validate(record["receipt"]) if record.get("receipt") else None))
     log.info("cancelled task %s", task_id)
     record.pop("expires_at", None)
     return response(200, record)
@@ -283,6 +407,15 @@ def route(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
             return list_tasks(event, settings)
         return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks; use POST or GET",
                      headers={"Allow": "GET, POST"})
+    if path.rstrip("/") in ("/v1alpha2", "/v1alpha1", "/v1/usage"):
+        route_path = path.rstrip("/")
+        wanted = "GET" if route_path == "/v1/usage" else "POST"
+        if method != wanted:
+            return error(405, "method_not_allowed", f"{method} is not allowed on {route_path}; use {wanted}",
+                         headers={"Allow": wanted})
+        if route_path == "/v1/usage":
+            return usage(event, settings)
+        return submit_v1alpha2(event, settings) if route_path == "/v1alpha2" else submit_v1alpha1(event, settings)
     match = _TASK_PATH.match(path)
     if match:
         if method == "GET":
@@ -291,7 +424,8 @@ def route(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
             return cancel_task(match["id"], settings)
         return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks/{{id}}; use GET or DELETE",
                      headers={"Allow": "GET, DELETE"})
-    return error(404, "not_found", f"no route {path}; the API serves /v1/tasks and /v1/tasks/{{id}}")
+    return error(404, "not_found", f"no route {path}; the API serves /v1/tasks, /v1/tasks/{{id}}, /v1/usage, "
+                 "/v1alpha2 and /v1alpha1")
 
 
 def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:

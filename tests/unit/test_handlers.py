@@ -51,8 +51,15 @@ def test_handler_submit_records_and_routes(api):
     record = json.loads(got["body"])
     assert got["statusCode"] == 200 and record["status"] == "queued" and record["runtime"] == "rt-a"
 
+    # `id` is an idempotency key: the identical request again is the same task, not a second run
     again = handlers.handler(event("apigw_submit_txt2img.json"), None)
-    assert again["statusCode"] == 409 and json.loads(again["body"])["error"]["field"] == "id"
+    assert again["statusCode"] == 200 and json.loads(again["body"]) == {**body, "status": "queued"}
+    assert queued(target, resources.queues["rt-a"].url) == 1
+    # another body under the same id is refused
+    other = json.loads(event("apigw_submit_txt2img.json")["body"])
+    other["payload"]["seed"] = 12345
+    refused = handlers.handler(event("apigw_submit_txt2img.json", body=json.dumps(other)), None)
+    assert refused["statusCode"] == 409 and json.loads(refused["body"])["error"]["field"] == "id"
     assert queued(target, resources.queues["rt-a"].url) == 1
 
 

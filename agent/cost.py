@@ -1,0 +1,99 @@
+"""Cost receipts: which node the agent runs on, what one GPU of it costs, and what a task's run cost.
+
+The node: the Kubernetes Downward API cannot expose node labels (`node.kubernetes.io/instance-type`,
+`karpenter.sh/capacity-type`) to a pod, so on EC2 the agent asks the instance metadata service (IMDSv2, reachable
+from pods because the EC2NodeClass sets hop limit 2): `instance-type`, and `instance-life-cycle` (`spot` or
+`on-demand`, the same fact Karpenter's capacity-type label records). Explicit variables win
+(SDLAB_AGENT_INSTANCE_TYPE, SDLAB_AGENT_CAPACITY_TYPE), for nodes elsewhere. An agent that talks to the local
+moto server is on a workstation: instance type `local`, priced by `pricing.local_usd_per_hour` in sdlab.yaml.
+Prices of EC2 types come from the package's price table (sdlab/deploy/data/prices.yaml, each row with its source);
+it lists On-Demand prices only, so a Spot node is priced at its On-Demand price and the receipt says so (an upper
+bound). A task's GPU-seconds are its runtime call's duration divided among the tasks batched into that call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import httpx
+
+from sdlab import envvars
+from sdlab.contracts import Receipt
+
+log = logging.getLogger(__name__)
+IMDS_URL = "http://169.254.169.254/latest"
+IMDS_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Node:
+    instance_type: str  # "local", an EC2 type, or "unknown"
+    capacity_type: str  # "local", "spot", "on-demand" or "unknown"
+    gpus: int = 1
+    usd_per_hour: float | None = None  # the whole node
+    price_source: str = ""
+
+    @property
+    def usd_per_gpu_hour(self) -> float | None:
+        return None if self.usd_per_hour is None else self.usd_per_hour / max(1, self.gpus)
+
+
+def imds(base: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_SECONDS) -> tuple[str, str] | None:
+    """(instance type, lifecycle) from IMDSv2, or None off EC2."""
+    try:
+        with httpx.Client(timeout=timeout) as http:
+            token = http.put(f"{base}/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}).text
+            headers = {"X-aws-ec2-metadata-token": token}
+            itype = http.get(f"{base}/meta-data/instance-type", headers=headers)
+            life = http.get(f"{base}/meta-data/instance-life-cycle", headers=headers)
+    except httpx.HTTPError:
+        return None
+    if itype.status_code != 200:
+        return None
+    cycle = life.text.strip() if life.status_code == 200 else "unknown"
+    return itype.text.strip(), ("on-demand" if cycle == "on-demand" else cycle)
+
+
+def _ec2_price(instance_type: str, capacity_type: str) -> tuple[int, float | None, str]:
+    from sdlab.deploy.plan import node_price, prices
+
+    entry = prices()["instances"].get(instance_type) or {}
+    gpu = str(entry.get("gpu", "1x"))
+    gpus = int(gpu.split("x")[0]) if gpu.split("x")[0].isdigit() else 1
+    price = node_price(instance_type)
+    if price is None:
+        return gpus, None, f"{instance_type} is not in the price table (sdlab/deploy/data/prices.yaml)"
+    source = f"on-demand list price, {prices()['region']} ({prices()['sources'].get(entry.get('source'), entry.get('source'))})"
+    if capacity_type == "spot":
+        source = "spot node priced at its " + source + "; an upper bound"
+    return gpus, price, source
+
+
+def detect(instance_type: str | None = None, capacity_type: str | None = None, *, local: bool = False,
+           local_usd_per_hour: float = 0.0, imds_base: str = IMDS_URL) -> Node:
+    """The node this agent runs on, with its price: explicit values, else `local`, else IMDSv2, else unknown."""
+    itype, ctype = instance_type, capacity_type
+    if not itype and local:
+        itype, ctype = "local", "local"
+    if not itype:
+        found = imds(imds_base)
+        itype, ctype = found if found else ("unknown", "unknown")
+    ctype = ctype or "unknown"
+    if itype == "local":
+        return Node("local", "local", 1, local_usd_per_hour, "pricing.local_usd_per_hour in sdlab.yaml")
+    if itype == "unknown":
+        return Node(itype, ctype, 1, None, f"node unknown: not on EC2 and {envvars.AGENT_INSTANCE_TYPE} unset")
+    gpus, price, source = _ec2_price(itype, ctype)
+    return Node(itype, ctype, gpus, price, source)
+
+
+def receipt(node: Node, runtime: str, *, run_s: float | None, queued_s: float | None, batch: int = 1) -> Receipt:
+    """What one task took: its share of the runtime call, priced per GPU-hour of `node`."""
+    gpu_s = round((run_s or 0.0) / max(1, batch), 3)
+    per_gpu = node.usd_per_gpu_hour
+    cost = None if per_gpu is None else round(gpu_s * per_gpu / 3600, 8)
+    return Receipt(runtime=runtime, instance_type=node.instance_type, capacity_type=node.capacity_type, gpu_s=gpu_s,
+                   queued_s=queued_s, run_s=None if run_s is None else round(run_s, 3), batch=batch,
+                   usd_per_hour=None if per_gpu is None else round(per_gpu, 6), cost_usd=cost,
+                   price_source=node.price_source)
