@@ -12,7 +12,8 @@ for fault-injection runs. A prompt starting with `fault:` picks a behaviour for 
                          the first call across restarts, so the runtime restarted on the same port serves the retry)
 - `fault:slow<S>:<tag>`  take S seconds instead of the fixed time
 
-`GET /_stats` returns calls per prompt, so tests can count how often a task really ran.
+`GET /_stats` returns calls per prompt, so tests can count how often a task really ran. `GET /sdapi/v1/progress`
+reports the running call's elapsed share of its time, in A1111's shape (steps advance evenly over it).
 Run: `python -m agent.bench.fixed_runtime --port N --seconds-per-image 0.2`.
 """
 
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -48,6 +50,15 @@ class FixedRuntime:
         self.lock = threading.Lock()
         self.busy = threading.Lock()  # one generation at a time, like a GPU runtime
         self.png = base64.b64encode(_tiny_png()).decode()
+        self.current: tuple[float, float, int] | None = None  # (monotonic start, seconds, steps) of the running call
+
+    def progress(self) -> dict:
+        current = self.current
+        if current is None:
+            return {"progress": 0.0, "state": {"job_count": 0, "sampling_step": 0, "sampling_steps": 0}}
+        start, seconds, steps = current
+        done = min(1.0, (time.monotonic() - start) / seconds) if seconds > 0 else 1.0
+        return {"progress": done, "state": {"job_count": 1, "sampling_step": int(done * steps), "sampling_steps": steps}}
 
     def first_exit(self, prompt: str) -> bool:
         """True the first time `prompt` asks to exit (per process, or per `state_dir` when one is given)."""
@@ -79,6 +90,8 @@ def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             if self.path in ("/sdapi/v1/options", "/healthz", "/internal/ping"):
                 self._send(200, json.dumps({"sd_model_checkpoint": "fixed"}).encode())
+            elif self.path.split("?")[0] == "/sdapi/v1/progress":
+                self._send(200, json.dumps(rt.progress()).encode())
             elif self.path == "/_stats":
                 with rt.lock:
                     self._send(200, json.dumps(dict(rt.calls)).encode())
@@ -123,7 +136,9 @@ def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
                     seconds = float(number)
             with rt.busy:
                 rt.interrupt.clear()
+                rt.current = (time.monotonic(), seconds, int(body.get("steps", 20)))
                 interrupted = rt.interrupt.wait(seconds)
+                rt.current = None
             info = {"seed": body.get("seed", -1), "all_seeds": [body.get("seed", -1)] * n, "interrupted": interrupted,
                     "sd_model_name": "fixed"}
             reply = {"images": [rt.png] * n, "parameters": body, "info": json.dumps(info)}
