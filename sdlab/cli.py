@@ -192,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
     from sdlab.deploy.cli import register as register_aws  # light: argparse only, boto3 is imported when run
 
     register_aws(sub)
+    from sdlab.api.cli import register as register_api  # light: argparse only
+
+    register_api(sub)
     return p
 
 

@@ -176,6 +176,131 @@ class Notification(BaseModel):
                                        "output_url": result_uri})
 
 
+# -- answers of the HTTP API (sdlab/api/handlers.py); `sdlab api openapi` publishes them ----------------------------
+class Accepted(BaseModel):
+    """`POST /v1/tasks`: 202 for a new task, 200 for an identical repeat of an accepted one (idempotent `id`)."""
+
+    id: str
+    status: TaskStatus
+    status_url: str
+    output_location: str
+
+
+class TaskRecord(BaseModel):
+    """`GET /v1/tasks/{id}` (and the answer of DELETE): the task record, with presigned `image_urls` on GET."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    runtime: str
+    status: TaskStatus
+    task_type: TaskType | None = None
+    prefix: str | None = None
+    priority: Literal["normal", "high"] | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    queued_s: float | None = None
+    run_s: float | None = None
+    attempts: int | None = None
+    output_location: str | None = None
+    images: list[str] | None = None
+    image_count: int | None = None
+    image_urls: list[str] | None = None
+    error: str | None = None
+    context: dict[str, Any] | str | None = None
+    progress: Progress | None = None
+    receipt: Receipt | None = None
+    api_key_id: str | None = Field(None, description="a non-reversible id of the API key that submitted it")
+
+
+class TaskList(BaseModel):
+    """`GET /v1/tasks?runtime=`: newest first; `next_token` continues the listing (null at the end)."""
+
+    tasks: list[dict[str, Any]]
+    next_token: str | None
+
+
+class UsageTotals(BaseModel):
+    tasks: int
+    images: int
+    gpu_s: float
+    cost_usd: float
+    unpriced_gpu_s: float = Field(description="GPU-seconds on nodes with no price on file (not in cost_usd)")
+    by_status: dict[str, int]
+
+
+class UsageReport(BaseModel):
+    """`GET /v1/usage`: tasks that ended in [since, until), with their receipts added up."""
+
+    since: float
+    until: float
+    total: UsageTotals
+    by_api_key: dict[str, UsageTotals]
+    by_runtime: dict[str, UsageTotals]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = Field(None, description="the request field at fault, e.g. payload.steps")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API function answers."""
+
+    error: ErrorDetail
+
+
+class GatewayError(BaseModel):
+    """What API Gateway itself answers (403 without a valid x-api-key, 413 over its size limit)."""
+
+    message: str
+
+
+class V1Alpha2Metadata(BaseModel):
+    id: str | None = None
+    runtime: str
+    tasktype: TaskType = "text-to-image"
+    prefix: str | None = None
+    context: dict[str, Any] | str | None = None
+
+
+class V1Alpha2Task(BaseModel):
+    metadata: V1Alpha2Metadata
+    content: dict[str, Any]
+
+
+class V1Alpha2Request(BaseModel):
+    """The public guidance's v1alpha2 body."""
+
+    task: V1Alpha2Task
+
+
+class V1Alpha2Accepted(BaseModel):
+    id: str
+    runtime: str
+    output_location: str
+    status_url: str
+
+
+class V1Alpha1Request(BaseModel):
+    """The public guidance's legacy v1alpha1 body: an SD WebUI request with routing fields in alwayson_scripts
+    (task, sd_model_checkpoint, id_task, save_dir, optional image_link)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    alwayson_scripts: dict[str, Any]
+
+
+class V1Alpha1Accepted(BaseModel):
+    id_task: str
+    sd_model_checkpoint: str
+    runtime: str
+    output_location: str
+    status_url: str
+
+
 def bare_model_name(name: str) -> str:
     """`"v1-5.safetensors [6ce0161689]"` -> `"v1-5"`: A1111 model titles carry a hash and often an extension."""
     name = name.strip()

@@ -8,6 +8,8 @@
   extension), else to `compat.v1alpha1_runtime` from sdlab.yaml. Answered 200 `{"id_task", "sd_model_checkpoint",
   "output_location"}` plus `status_url`.
 Tasks submitted either way get the guidance's notification fields (`notification_format: guidance`).
+The guidance's `prefix` / `save_dir` is kept under the stack's output prefix: `output` becomes `outputs/output`
+(a prefix already under it stays as it is), so its outputs get the same lifecycle and access rules as every task's.
 """
 
 from __future__ import annotations
@@ -22,14 +24,25 @@ from sdlab.errors import ValidationError
 V1ALPHA1_TASK_TYPES = ("text-to-image", "image-to-image", "extra-single-image")
 
 
-def from_v1alpha2(data: dict[str, Any]) -> dict[str, Any]:
+def under_output_prefix(prefix: str, output_prefix: str) -> str:
+    prefix = prefix.strip("/")
+    if prefix == output_prefix or prefix.startswith(f"{output_prefix}/"):
+        return prefix
+    return f"{output_prefix}/{prefix}"
+
+
+def from_v1alpha2(data: dict[str, Any], output_prefix: str) -> dict[str, Any]:
     if set(data) != {"task"} or not isinstance(data["task"], Mapping):
         raise ValidationError("task", "v1alpha2 takes {\"task\": {\"metadata\": {...}, \"content\": {...}}}; "
                               "for the project's own shape use POST /v1/tasks")
-    return {**upgrade_legacy(data), "notification_format": "guidance"}
+    request = {**upgrade_legacy(data), "notification_format": "guidance"}
+    if isinstance(request.get("prefix"), str):
+        request["prefix"] = under_output_prefix(request["prefix"], output_prefix)
+    return request
 
 
-def from_v1alpha1(data: dict[str, Any], runtimes: Mapping[str, Mapping[str, str]], default: str | None) -> dict[str, Any]:
+def from_v1alpha1(data: dict[str, Any], runtimes: Mapping[str, Mapping[str, str]], default: str | None,
+                  output_prefix: str) -> dict[str, Any]:
     """`runtimes`: name -> {"type", "model"}; `default`: where a checkpoint no runtime has goes (None: refuse)."""
     scripts = data.get("alwayson_scripts")
     if not isinstance(scripts, Mapping):
@@ -52,5 +65,5 @@ def from_v1alpha1(data: dict[str, Any], runtimes: Mapping[str, Mapping[str, str]
     request: dict[str, Any] = {"runtime": runtime, "task_type": scripts["task"], "id": scripts["id_task"],
                                "payload": data, "notification_format": "guidance"}
     if scripts.get("save_dir"):
-        request["prefix"] = str(scripts["save_dir"]).strip("/")
+        request["prefix"] = under_output_prefix(str(scripts["save_dir"]), output_prefix)
     return request

@@ -230,7 +230,7 @@ def accept(request: SubmitRequest, event: Mapping[str, Any], settings: ApiSettin
 
 def submit_v1alpha2(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     """The guidance's v1alpha2 submit: its body, its answer (200 {id, runtime, output_location}) plus status_url."""
-    request = validation.parse_request(compat.from_v1alpha2(_body(event, settings)))
+    request = validation.parse_request(compat.from_v1alpha2(_body(event, settings), settings.output_prefix))
     answer = accept(request, event, settings)
     if answer["statusCode"] >= 300:
         return answer
@@ -243,7 +243,8 @@ def submit_v1alpha1(event: Mapping[str, Any], settings: ApiSettings) -> dict[str
     """The guidance's legacy v1alpha1 submit, routed by model; answers {id_task, sd_model_checkpoint, output_location}."""
     data = _body(event, settings)
     upgraded = compat.from_v1alpha1(data, {n: {"type": t, "model": (settings.runtime_models or {}).get(n, "")}
-                                           for n, t in settings.runtimes.items()}, settings.v1alpha1_runtime)
+                                           for n, t in settings.runtimes.items()}, settings.v1alpha1_runtime,
+                                  settings.output_prefix)
     request = validation.parse_request(upgraded)
     answer = accept(request, event, settings)
     if answer["statusCode"] >= 300:

@@ -2,7 +2,7 @@
 test/v1alpha2/*.json and test/v1alpha1/*.json, rewritten here), answered as it documents and run end to end, with
 the guidance's notification fields. Two changes only, both deployment-specific: the runtime and model names are
 this stack's, and init images are s3:// URIs in the stack's bucket (the guidance's examples link an https image;
-this service never fetches URLs)."""
+this service never fetches URLs). Its `prefix: output` lands under the stack's output prefix (outputs/output)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_guidance_requests_run_end_to_end(stack, client, cat):
             answer = reply.json()
             runtime = body["task"]["metadata"]["runtime"]
             assert answer == {"id": task_id, "runtime": runtime, "status_url": f"{stack['api_url']}/v1/tasks/{task_id}",
-                              "output_location": f"s3://{stack['bucket']}/output/{task_id}/"}
+                              "output_location": f"s3://{stack['bucket']}/outputs/output/{task_id}/"}
     for task_id, body in v1.items():
         reply = http.post(f"{stack['api_url']}/v1alpha1", json=body)
         assert reply.status_code == 200, reply.text
