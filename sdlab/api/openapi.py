@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from sdlab.contracts import (
     CONTRACT_VERSION,
+    TASK_ID_RE,
     Accepted,
     ErrorBody,
     GatewayError,
@@ -69,7 +70,7 @@ def document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation" if m in requests else "serialization") for m in MODELS],
                                  ref_template="#/components/schemas/{model}")
     schemas = defs["$defs"]
-    task_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}}
+    task_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": TASK_ID_RE.pattern}}
     submit_errors = (400, 404, 409, 413, 415, 500, 503)
     paths: dict[str, Any] = {
         "/v1/tasks": {

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdlab.aws import AwsTarget, client as aws_client
+from sdlab.aws import AwsTarget
+from sdlab.aws import client as aws_client
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,7 @@ def test_guidance_requests_run_end_to_end(stack, client, cat):
 
     notes = client.wait([*v2, *v1], timeout=600)
     s3 = aws_client("s3", AwsTarget(stack["region"], stack["aws_endpoint_url"]))
-    for task_id, note in notes.items():
+    for note in notes.values():
         assert note.status.value == "completed", note
         # the guidance's notification fields, for its consumers
         assert note.result is True and note.image_url == note.images and note.image_url
