@@ -299,7 +299,9 @@ def usage(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     if since >= until:
         raise ValidationError("since", "must be before until")
     store, _, _ = _clients(settings)
-    total, by_key, by_runtime = _zero(), {}, {}
+    total: dict[str, Any] = _zero()
+    by_key: dict[str, dict[str, Any]] = {}
+    by_runtime: dict[str, dict[str, Any]] = {}
     for record in store.ended_between(since, until, USAGE_FIELDS):
         _add(total, record)
         _add(by_key.setdefault(record.get("api_key_id", "anonymous"), _zero()), record)
