@@ -136,8 +136,9 @@ def lambda_policy(settings: Settings, names: DeployNames, arns: Arns) -> dict[st
     return _document(
         # tasks: submit; results: cancel publishes the `cancelled` notification
         _statement("PublishTasksAndCancellations", ["sns:Publish"], [arns.sns(base.tasks_topic), arns.sns(base.results_topic)]),
+        # Scan: GET /v1/usage rolls up the records that ended in a time range
         _statement("TaskRecords", ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-                                   "dynamodb:Query"], [table, f"{table}/index/*"]),
+                                   "dynamodb:Query", "dynamodb:Scan"], [table, f"{table}/index/*"]),
         _statement("PresignOutputs", ["s3:GetObject"], [arns.objects(base.bucket, stack.output_prefix)]),
         _statement("OwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                    [arns.of("logs", f"log-group:{names.log_group}:*")]),

@@ -15,7 +15,7 @@ from sdlab.deploy.sagemaker_async import execution_role
 ACCOUNT, REGION = "123456789012", "us-east-1"
 EXPECTED_ACTIONS = {
     "lambda": {"sns:Publish", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-               "dynamodb:Query", "s3:GetObject", "logs:CreateLogStream", "logs:PutLogEvents"},
+               "dynamodb:Query", "dynamodb:Scan", "s3:GetObject", "logs:CreateLogStream", "logs:PutLogEvents"},
     "agent": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes",
               "sqs:SendMessage", "s3:PutObject", "s3:GetObject", "sns:Publish", "dynamodb:GetItem", "dynamodb:UpdateItem",
               "dynamodb:PutItem"},

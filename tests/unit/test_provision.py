@@ -59,3 +59,38 @@ def test_teardown_removes_everything(test_settings, target):
     assert client("sqs", target).list_queues(QueueNamePrefix=test_settings.stack.name).get("QueueUrls", []) == []
     assert client("sns", target).list_topics()["Topics"] == []
     assert teardown(test_settings, target) == []  # nothing left the second time
+
+
+def test_retention_outputs_expire_records_have_ttl_idle_inboxes_are_pruned(test_settings, target):
+    import time
+
+    from sdlab.client import LAST_USED_TAG, Client, prune_inboxes
+    from sdlab.config import parse_config
+    from tests.conftest import TEST_CONFIG
+
+    settings = parse_config({**TEST_CONFIG, "retention": {"outputs_days": 3, "records_days": 2}})
+    resources = provision(settings, target)
+    s3 = client("s3", target)
+    s3.put_bucket_lifecycle_configuration(Bucket=resources.bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "someone-elses", "Status": "Enabled", "Filter": {"Prefix": "logs/"}, "Expiration": {"Days": 90}}]})
+    provision(settings, target)  # converges: the stack's rule is set once, another rule on the bucket is kept
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=resources.bucket)["Rules"]}
+    assert set(rules) == {"someone-elses", "sdlab-outputs-expire"}
+    ours = rules["sdlab-outputs-expire"]
+    assert ours["Expiration"]["Days"] == 3 and ours["Filter"]["Prefix"] == "outputs/" and ours["Status"] == "Enabled"
+    ttl = client("dynamodb", target).describe_time_to_live(TableName=resources.table)["TimeToLiveDescription"]
+    assert ttl["TimeToLiveStatus"] == "ENABLED" and ttl["AttributeName"] == "expires_at"
+
+    stack = settings.stack.name
+    old = Client("http://127.0.0.1:9", "k", target, resources.bucket, resources.results_topic_arn, stack)
+    fresh = Client("http://127.0.0.1:9", "k", target, resources.bucket, resources.results_topic_arn, stack)
+    old_url, fresh_url = old._ensure_inbox(), fresh._ensure_inbox()
+    sqs, sns = client("sqs", target), client("sns", target)
+    sqs.tag_queue(QueueUrl=old_url, Tags={LAST_USED_TAG: str(int(time.time()) - 3 * 3600)})  # a client that crashed
+    assert prune_inboxes(target, stack, resources.results_topic_arn, idle_seconds=3600) == [old_url]
+    assert sqs.list_queues(QueueNamePrefix=f"{stack}-inbox-")["QueueUrls"] == [fresh_url]
+    endpoints = {s["Endpoint"] for s in sns.list_subscriptions_by_topic(TopicArn=resources.results_topic_arn)["Subscriptions"]}
+    assert not any(e.endswith(old_url.rsplit("/", 1)[1]) for e in endpoints)
+    fresh.close()
+    old._inbox = None
+    old.close()
