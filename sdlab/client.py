@@ -13,6 +13,7 @@ import io
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,19 @@ class Client:
     def status(self, task_id: str) -> dict[str, Any]:
         """The task record: status, timings, error, presigned image URLs."""
         return self._call("GET", f"/v1/tasks/{task_id}")
+
+    def follow(self, task_id: str, every: float = 0.5, timeout: float = 600.0) -> Iterator[dict[str, Any]]:
+        """The task's record every `every` s until it ends (the last one yielded is the ending): for progress bars,
+        e.g. `for r in client.follow(id): bar.n = round(100 * (r.get("progress") or {}).get("fraction", 0))`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.status(task_id)
+            yield record
+            if record["status"] not in ("queued", "running"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {record['status']} after {timeout:.0f} s")
+            time.sleep(every)
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         """Cancel a queued or running task; raises ApiError 409 if it already ended."""

@@ -21,13 +21,9 @@ def test_progress_running_event_receipt_and_usage(faultstack):
     slow = fs.submit("rt-a", "fault:slow3.5:progress", notify_events=["running", "completed"], payload={"steps": 20})
     quiet = fs.submit("rt-a", "no running event")
 
-    seen = []  # (status, progress) as a client polling GET /v1/tasks/{id} sees them
-    while True:
-        record = fs.record(slow)
+    seen = []  # (status, progress) as a client polling GET /v1/tasks/{id} sees them (a notebook's progress bar)
+    for record in fs.client.follow(slow, every=0.1, timeout=60):
         seen.append((record["status"], record.get("progress")))
-        if record["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.1)
     assert record["status"] == "completed", record
 
     running = [p for status, p in seen if status == "running" and p]
