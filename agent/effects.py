@@ -31,6 +31,7 @@ from sdlab.contracts import (
     Timings,
     image_key,
     output_prefix,
+    preview_key,
     result_key,
 )
 from sdlab.taskstore import TaskStore, TransitionRefused
@@ -72,7 +73,8 @@ class Effects:
 
     def discard_outputs(self, task: TaskMessage, count: int) -> None:
         """Remove what a task wrote when its result must not stand (it was cancelled meanwhile)."""
-        keys = [image_key(task.prefix, task.id, n) for n in range(count)] + [result_key(task.prefix, task.id)]
+        keys = [image_key(task.prefix, task.id, n) for n in range(count)] + [result_key(task.prefix, task.id),
+                                                                             preview_key(task.prefix, task.id)]
         self.clients.s3.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
 
     # -- status and notification -------------------------------------------------------------------

@@ -70,9 +70,11 @@ class Worker:
         self.max_batch = 1
         self.receiver = Receiver(settings, self.effects, self.inflight, capacity=1, supervisor=self.supervisor)
         self.sweeper = Sweeper(settings, self.effects, self.supervisor)
-        self.progress = Progress(clients.store, self.supervisor)
+        self.progress = Progress(clients.store, self.supervisor, s3=clients.s3, bucket=settings.bucket)
         if hasattr(runtime, "on_progress"):
             runtime.on_progress = self.progress.update  # the adapter reports; the writer thread bounds the rate
+        if hasattr(runtime, "wants_preview"):
+            runtime.wants_preview = self.progress.wants_preview
         self.finisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._unfinished = threading.Semaphore(MAX_UNFINISHED)
         self.stopping = threading.Event()
@@ -200,6 +202,7 @@ class Worker:
             self._running = jobs
         for job in jobs:
             job.batch = len(jobs)
+        self.progress.begin(j.task for j in jobs)
         try:
             outcomes = self._call_runtime(jobs)
         except ColdShutdown:

@@ -69,6 +69,8 @@ class SubmitRequest(BaseModel):
         "when it starts; 'completed' is the terminal one (completed, failed, cancelled, expired)")
     notification_format: NotificationFormat = Field(
         "sdlab", description="'guidance': notifications also carry the public guidance's result, image_url, output_url")
+    preview: bool = Field(False, description="keep a small preview image of the running generation (GET shows preview_url), "
+                          "where the runtime offers one")
     payload: dict[str, Any]
 
     @field_validator("id")
@@ -111,6 +113,7 @@ class TaskMessage(BaseModel):
     callback_url: str | None = None
     notify_events: tuple[NotifyEvent, ...] = ("completed",)
     notification_format: NotificationFormat = "sdlab"
+    preview: bool = False
 
     @field_validator("id")
     @classmethod
@@ -132,6 +135,7 @@ class Progress(BaseModel):
     fraction: float = Field(ge=0.0, le=1.0, description="0..1 of the whole task")
     step: int | None = Field(None, description="sampling steps done (of the current image or node)")
     steps: int | None = Field(None, description="sampling steps in total (of the current image or node)")
+    preview: str | None = Field(None, description="s3:// URI of the latest preview image (tasks that asked for one)")
     updated_at: float
 
 
@@ -207,6 +211,7 @@ class TaskRecord(BaseModel):
     images: list[str] | None = None
     image_count: int | None = None
     image_urls: list[str] | None = None
+    preview_url: str | None = Field(None, description="presigned URL of progress.preview")
     error: str | None = None
     context: dict[str, Any] | str | None = None
     progress: Progress | None = None
@@ -319,6 +324,10 @@ def output_prefix(prefix: str, task_id: str) -> str:
 def image_key(prefix: str, task_id: str, n: int) -> str:
     """Deterministic image key: a redelivered message overwrites, never duplicates."""
     return f"{prefix}/{task_id}/{n}.png"
+
+
+def preview_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}/{task_id}/preview.png"
 
 
 def result_key(prefix: str, task_id: str) -> str:

@@ -13,7 +13,8 @@ for fault-injection runs. A prompt starting with `fault:` picks a behaviour for 
 - `fault:slow<S>:<tag>`  take S seconds instead of the fixed time
 
 `GET /_stats` returns calls per prompt, so tests can count how often a task really ran. `GET /sdapi/v1/progress`
-reports the running call's elapsed share of its time, in A1111's shape (steps advance evenly over it).
+reports the running call's elapsed share of its time, in A1111's shape (steps advance evenly over it; with
+`skip_current_image=false`, its image as `current_image`).
 Run: `python -m agent.bench.fixed_runtime --port N --seconds-per-image 0.2`.
 """
 
@@ -52,13 +53,14 @@ class FixedRuntime:
         self.png = base64.b64encode(_tiny_png()).decode()
         self.current: tuple[float, float, int] | None = None  # (monotonic start, seconds, steps) of the running call
 
-    def progress(self) -> dict:
+    def progress(self, with_image: bool = False) -> dict:
         current = self.current
         if current is None:
             return {"progress": 0.0, "state": {"job_count": 0, "sampling_step": 0, "sampling_steps": 0}}
         start, seconds, steps = current
         done = min(1.0, (time.monotonic() - start) / seconds) if seconds > 0 else 1.0
-        return {"progress": done, "state": {"job_count": 1, "sampling_step": int(done * steps), "sampling_steps": steps}}
+        return {"progress": done, "state": {"job_count": 1, "sampling_step": int(done * steps), "sampling_steps": steps},
+                "current_image": self.png if with_image else None}
 
     def first_exit(self, prompt: str) -> bool:
         """True the first time `prompt` asks to exit (per process, or per `state_dir` when one is given)."""
@@ -91,7 +93,7 @@ def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
             if self.path in ("/sdapi/v1/options", "/healthz", "/internal/ping"):
                 self._send(200, json.dumps({"sd_model_checkpoint": "fixed"}).encode())
             elif self.path.split("?")[0] == "/sdapi/v1/progress":
-                self._send(200, json.dumps(rt.progress()).encode())
+                self._send(200, json.dumps(rt.progress("skip_current_image=false" in self.path)).encode())
             elif self.path == "/_stats":
                 with rt.lock:
                     self._send(200, json.dumps(dict(rt.calls)).encode())

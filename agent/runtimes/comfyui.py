@@ -89,6 +89,7 @@ class ComfyUIAdapter:
         self._prompt_id: str | None = None
         self.on_progress: ProgressSink | None = None
         self._task_id = ""
+        self._latest_preview: bytes | None = None
 
     def ready(self) -> bool:
         try:
@@ -105,6 +106,7 @@ class ComfyUIAdapter:
         except (OSError, TimeoutError, WebSocketException) as err:
             raise RuntimeFailure(f"ComfyUI websocket unreachable: {err.__class__.__name__}: {err}", retryable=True) from err
         self._task_id = task.id
+        self._latest_preview = None
         with ws:
             self._await_status(ws)
             prompt_id = self._queue_prompt(graph, client_id)
@@ -206,7 +208,10 @@ class ComfyUIAdapter:
                 log.warning("ComfyUI websocket closed; following prompt %s through /history", prompt_id)
                 return
             if isinstance(raw, bytes):
-                continue  # binary previews
+                # ComfyUI's binary frames: 4-byte event (1 = preview image), 4-byte format, then the image bytes
+                if self.on_progress is not None and len(raw) > 8 and int.from_bytes(raw[:4], "big") == 1:
+                    self._latest_preview = raw[8:]
+                continue
             message = json.loads(raw)
             kind, data = message.get("type"), message.get("data") or {}
             if data.get("prompt_id") != prompt_id:
@@ -222,7 +227,7 @@ class ComfyUIAdapter:
                 value, total = data.get("value"), data.get("max")
                 if self.on_progress is not None and isinstance(value, int) and isinstance(total, int) and total > 0:
                     # a workflow's sampling steps are the bulk of its time; its other nodes are quick
-                    self.on_progress([self._task_id], value / total, value, total)
+                    self.on_progress([self._task_id], value / total, value, total, self._latest_preview)
 
     def _finished(self, prompt_id: str) -> bool:
         """A quiet socket: did the prompt end while we were not told (e.g. messages lost on a reconnect)?"""

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -86,6 +86,7 @@ class SdWebUIAdapter:
         self.inputs = inputs
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_seconds, connect=5.0))
         self.on_progress: ProgressSink | None = None
+        self.wants_preview: Callable[[list[str]], bool] = lambda ids: False
 
     @contextlib.contextmanager
     def watch_progress(self, task_ids: list[str]) -> Iterator[None]:
@@ -95,16 +96,19 @@ class SdWebUIAdapter:
             yield
             return
         done = threading.Event()
+        skip_image = "false" if self.wants_preview(task_ids) else "true"
 
         def poll() -> None:
             while not done.wait(PROGRESS_POLL_SECONDS):
                 try:
-                    answer = self._http.get(f"{self._base}/sdapi/v1/progress", params={"skip_current_image": "true"},
+                    answer = self._http.get(f"{self._base}/sdapi/v1/progress", params={"skip_current_image": skip_image},
                                             timeout=5.0).json()
                     state = answer.get("state") or {}
+                    image = answer.get("current_image")
+                    preview = base64.b64decode(image.split(",", 1)[-1]) if isinstance(image, str) and image else None
                     if state.get("job_count") or answer.get("progress"):
                         sink(task_ids, float(answer.get("progress") or 0.0), state.get("sampling_step"),
-                             state.get("sampling_steps"))
+                             state.get("sampling_steps"), preview)
                 except (httpx.HTTPError, ValueError, TypeError, AttributeError):
                     continue  # progress is best effort; the generation call itself reports real failures
 

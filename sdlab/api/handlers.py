@@ -209,7 +209,7 @@ def accept(request: SubmitRequest, event: Mapping[str, Any], settings: ApiSettin
         id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
         payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
         callback_url=request.callback_url, notify_events=request.notify_events,
-        notification_format=request.notification_format,
+        notification_format=request.notification_format, preview=request.preview,
     )
     try:
         sns.publish(
@@ -397,6 +397,11 @@ def get_task(task_id: str, settings: ApiSettings) -> dict[str, Any]:
         )
         for n in range(int(record.get("image_count", 0)))
     ]
+    preview = (record.get("progress") or {}).get("preview")
+    if preview:
+        record["preview_url"] = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": settings.bucket, "Key": preview.removeprefix(f"s3://{settings.bucket}/")},
+            ExpiresIn=PRESIGN_SECONDS)
     return response(200, record)
 
 

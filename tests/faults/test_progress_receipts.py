@@ -2,9 +2,12 @@
 ending carries its cost receipt; `GET /v1/usage` adds the receipts up per API key and per runtime."""
 
 import hashlib
+import io
 import time
 
+import httpx
 import pytest
+from PIL import Image
 
 from sdlab import envvars
 
@@ -18,7 +21,8 @@ def test_progress_running_event_receipt_and_usage(faultstack):
     # as on EKS, where the agent learns its node from IMDSv2; here the node is named explicitly
     fs.start_agent("rt-a", **{envvars.AGENT_INSTANCE_TYPE: "g6.xlarge", envvars.AGENT_CAPACITY_TYPE: "on-demand"})
     submitted_at = time.time()
-    slow = fs.submit("rt-a", "fault:slow3.5:progress", notify_events=["running", "completed"], payload={"steps": 20})
+    slow = fs.submit("rt-a", "fault:slow3.5:progress", notify_events=["running", "completed"], preview=True,
+                     payload={"steps": 20})
     quiet = fs.submit("rt-a", "no running event")
 
     seen = []  # (status, progress) as a client polling GET /v1/tasks/{id} sees them (a notebook's progress bar)
@@ -33,6 +37,10 @@ def test_progress_running_event_receipt_and_usage(faultstack):
     writes = sorted({p["updated_at"] for p in running})
     assert len(writes) >= 2
     assert all(b - a >= 0.95 for a, b in zip(writes, writes[1:], strict=False)), f"more than 1 write/s: {writes}"
+    # the preview it asked for: the runtime's current image, shrunk, beside its outputs; GET presigns it
+    assert record["progress"]["preview"] == f"s3://{fs.resources.bucket}/outputs/{slow}/preview.png"
+    png = httpx.get(record["preview_url"], timeout=10).content
+    assert Image.open(io.BytesIO(png)).format == "PNG" and max(Image.open(io.BytesIO(png)).size) <= 256
 
     receipt = record["receipt"]
     assert receipt["instance_type"] == "g6.xlarge" and receipt["capacity_type"] == "on-demand"
@@ -44,7 +52,7 @@ def test_progress_running_event_receipt_and_usage(faultstack):
     assert record["api_key_id"] == "key-" + hashlib.sha256(fs.api_key.encode()).hexdigest()[:16]
     assert fs.api_key not in str(record)
 
-    fs.wait_status(quiet, {"completed"})
+    assert "preview_url" not in fs.wait_status(quiet, {"completed"})
     notes = fs.collect_notifications()
     kinds = [(n.id, n.status.value) for n in notes]
     assert kinds.count((slow, "running")) == 1 and kinds.index((slow, "running")) < kinds.index((slow, "completed"))
