@@ -8,7 +8,8 @@ from pods because the EC2NodeClass sets hop limit 2): `instance-type`, and `inst
 moto server is on a workstation: instance type `local`, priced by `pricing.local_usd_per_hour` in sdlab.yaml.
 Prices of EC2 types come from the package's price table (sdlab/deploy/data/prices.yaml, each row with its source);
 it lists On-Demand prices only, so a Spot node is priced at its On-Demand price and the receipt says so (an upper
-bound). A task's GPU-seconds are its runtime call's duration divided among the tasks batched into that call.
+bound). A task's GPU-seconds are its runtime call's span divided among the tasks batched into that call; with two
+calls in flight (a batching runtime), a call's span starts when the previous call ended, so no time counts twice.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ def detect(instance_type: str | None = None, capacity_type: str | None = None, *
     return Node(itype, ctype, gpus, price, source)
 
 
-def receipt(node: Node, runtime: str, *, run_s: float | None, queued_s: float | None, batch: int = 1) -> Receipt:
-    """What one task took: its share of the runtime call, priced per GPU-hour of `node`."""
-    gpu_s = round((run_s or 0.0) / max(1, batch), 3)
+def receipt(node: Node, runtime: str, *, run_s: float | None, queued_s: float | None, batch: int = 1,
+            gpu_s: float | None = None) -> Receipt:
+    """What one task took: its share of the runtime call (`gpu_s` when the caller measured it, else run_s/batch),
+    priced per GPU-hour of `node`."""
+    gpu_s = round(gpu_s if gpu_s is not None else (run_s or 0.0) / max(1, batch), 3)
     per_gpu = node.usd_per_gpu_hour
     cost = None if per_gpu is None else round(gpu_s * per_gpu / 3600, 8)
     return Receipt(runtime=runtime, instance_type=node.instance_type, capacity_type=node.capacity_type, gpu_s=gpu_s,

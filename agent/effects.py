@@ -80,10 +80,10 @@ class Effects:
     # -- status and notification -------------------------------------------------------------------
     def end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None, error: str | None = None,
             run_s: float | None = None, started_at: float | None = None, attempt: int | None = None,
-            batch: int = 1) -> bool:
+            batch: int = 1, gpu_s: float | None = None) -> bool:
         """Move the task to `status` and notify; False when another writer ended it first (no second notification)."""
         fields = self.record_end(task, status, images=images, error=error, run_s=run_s, started_at=started_at,
-                                 attempt=attempt, batch=batch)
+                                 attempt=attempt, batch=batch, gpu_s=gpu_s)
         if fields is None:
             return False
         self.announce(task, status, fields)
@@ -91,7 +91,7 @@ class Effects:
 
     def record_end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None,
                    error: str | None = None, run_s: float | None = None, started_at: float | None = None,
-                   attempt: int | None = None, batch: int = 1) -> dict[str, Any] | None:
+                   attempt: int | None = None, batch: int = 1, gpu_s: float | None = None) -> dict[str, Any] | None:
         """The conditional terminal write, with the task's cost receipt; returns the fields written, or None when
         another writer ended it first."""
         now = time.time()
@@ -108,7 +108,7 @@ class Effects:
         if attempt is not None:
             fields["attempts"] = attempt
         fields["receipt"] = cost.receipt(self.node, task.runtime, run_s=run_s, queued_s=fields["queued_s"],
-                                         batch=batch).model_dump()
+                                         batch=batch, gpu_s=gpu_s).model_dump()
         try:
             self.clients.store.finish(task.id, status, **fields)
         except TransitionRefused as refused:

@@ -33,7 +33,8 @@ class Job:
     attempt: int
     received_at: float = field(default_factory=time.time)
     cancelled: bool = False
-    batch: int = 1  # tasks in the runtime call that ran it (its receipt gets 1/batch of the call's GPU time)
+    batch: int = 1  # tasks in the runtime call that ran it
+    gpu_s: float | None = None  # its share of the runtime's time: the call's own span (not its wait) / batch
     # Held until deleted, released or moved to the DLQ; `lock` orders those against the heartbeat's extension, so
     # an extension can never follow (and undo) a release.
     settled: bool = False

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 RETRY_BASE_SECONDS = 2.0
 RETRY_MAX_SECONDS = 300.0
 MAX_UNFINISHED = 16  # results waiting for their finisher; bounds memory if S3 is slow
+CALLS_IN_FLIGHT = 2  # runtime calls at once for a batching runtime
+FILL_WAIT_SECONDS = 0.005  # while a call runs, the next batch is topped up in steps this long
 FINISH_BACKOFF_SECONDS = 0.5  # first pause between tries of a step after the runtime call, doubling
 
 
@@ -75,6 +77,14 @@ class Worker:
             runtime.on_progress = self.progress.update  # the adapter reports; the writer thread bounds the rate
         if hasattr(runtime, "wants_preview"):
             runtime.wants_preview = self.progress.wants_preview
+        # A batching runtime gets its next batch while it still encodes the last one's PNGs: two calls in flight keep
+        # its GPU busy between calls (docs/benchmarks.md, end to end). Other runtimes take one call at a time.
+        self.calls = CALLS_IN_FLIGHT if hasattr(runtime, "run_batch") else 1
+        self._call_slots = threading.Semaphore(self.calls)
+        self._caller = ThreadPoolExecutor(max_workers=self.calls, thread_name_prefix="call")
+        self._calls_in_flight = 0
+        self._busy_since = 0.0
+        self._last_end_mark = 0.0  # monotonic end of the latest runtime call (GPU time shares, below)
         self.finisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._unfinished = threading.Semaphore(MAX_UNFINISHED)
         self.stopping = threading.Event()
@@ -157,11 +167,17 @@ class Worker:
         self.progress.start()
         try:
             while not self.stopping.is_set():
+                if not self._call_slots.acquire(timeout=0.2):
+                    continue
                 jobs = self._next_jobs()
-                if jobs:
-                    self._run(jobs)
-                elif burst and self.receiver.idle.is_set() and len(self.inflight) == 0:
-                    break
+                if jobs and self.calls == 1:
+                    self._run_call(jobs)
+                elif jobs:
+                    self._caller.submit(self._run_call, jobs)
+                else:
+                    self._call_slots.release()
+                    if burst and self.receiver.idle.is_set() and len(self.inflight) == 0:
+                        break
                 if max_tasks is not None and self.tasks_done >= max_tasks:
                     break
         finally:
@@ -173,14 +189,23 @@ class Worker:
         if first is None:
             return []
         jobs = [first]
-        while len(jobs) < self.max_batch and (more := self.receiver.take_nowait()) is not None:
-            jobs.append(more)
+        while len(jobs) < self.max_batch and not self.stopping.is_set():
+            more = self.receiver.take_nowait()
+            if more is None:
+                with self._lock:
+                    runtime_busy = self._calls_in_flight > 0
+                if not runtime_busy:
+                    break  # the runtime is idle: a short queue is served now, never held back for company
+                more = self.receiver.take(timeout=FILL_WAIT_SECONDS)  # it is busy anyway: top the batch up
+            if more is not None:
+                jobs.append(more)
         for job in [j for j in jobs if j.cancelled]:
             self._drop_cancelled(job)
         return [j for j in jobs if not j.cancelled]
 
     def _shutdown(self) -> None:
         self.ready.clear()
+        self._caller.shutdown(wait=True)  # calls in flight finish (within the grace period) or are abandoned
         self.receiver.stop()
         for job in self.receiver.drain():  # buffered, never started on the runtime: another agent takes them now
             self.effects.release(job, 0)
@@ -192,14 +217,40 @@ class Worker:
         log.info("agent stopped after %d task(s); runtime busy %.1f%%", self.tasks_done, 100 * self.busy_fraction())
 
     # -- one runtime call -----------------------------------------------------------------------------
+    def _run_call(self, jobs: list[Job]) -> None:
+        try:
+            self._run(jobs)
+        except Exception:  # a bug must not leave the slot taken: the jobs' messages return after their timeout
+            log.exception("runtime call failed unexpectedly")
+        finally:
+            self._call_slots.release()
+
+    def _call_started(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._calls_in_flight == 0:
+                self._busy_since = now
+                if self._last_call_end is not None:
+                    self.idle_gaps.append(now - self._last_call_end)
+                    metrics.IDLE_GAP_SECONDS.observe(now - self._last_call_end)
+            self._calls_in_flight += 1
+            self._first_call = self._first_call or now
+            self._running.extend(jobs)
+
+    def _call_ended(self, jobs: list[Job], seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._calls_in_flight -= 1
+            if self._calls_in_flight == 0:  # busy time is the union of the calls' spans
+                self.busy_seconds += now - self._busy_since
+                self._last_call_end = now
+            self._running = [j for j in self._running if j not in jobs]
+        metrics.RUNTIME_BUSY.observe(seconds)
+
     def _run(self, jobs: list[Job]) -> None:
         started = time.time()
         t0 = time.monotonic()
-        if self._last_call_end is not None:
-            self.idle_gaps.append(t0 - self._last_call_end)
-            metrics.IDLE_GAP_SECONDS.observe(t0 - self._last_call_end)
-        with self._lock:
-            self._running = jobs
+        self._call_started(jobs)
         for job in jobs:
             job.batch = len(jobs)
         self.progress.begin(j.task for j in jobs)
@@ -214,13 +265,13 @@ class Worker:
             return
         finally:
             self.progress.forget(j.task.id for j in jobs)
-            with self._lock:
-                self._running = []
-            t1 = time.monotonic()
-            self.busy_seconds += t1 - t0
-            self._first_call = self._first_call or t0
-            self._last_call_end = t1
-            metrics.RUNTIME_BUSY.observe(t1 - t0)
+            with self._lock:  # with two calls in flight, a call's GPU time starts when the one before it ended
+                t_end = time.monotonic()
+                exclusive = t_end - max(t0, self._last_end_mark)
+                self._last_end_mark = t_end
+            for job in jobs:
+                job.gpu_s = max(0.0, exclusive) / len(jobs)
+            self._call_ended(jobs, time.monotonic() - t0)
         run_s = time.time() - started
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._unfinished.acquire()
@@ -299,7 +350,7 @@ class Worker:
             self._end_failed(job, f"the images were made but could not be stored: {err}")
             return
         won = self._end(job, TaskStatus.COMPLETED, images=keys, run_s=run_s, started_at=started, attempt=job.attempt,
-                        batch=job.batch)
+                        batch=job.batch, gpu_s=job.gpu_s)
         if not won and self._is_cancelled(job.task.id):  # cancelled while it ran: the result must not stand
             self.effects.discard_outputs(job.task, len(keys))
         log.info("task completed", extra={**job.log_extra, "seconds": round(run_s, 3)})
@@ -343,7 +394,7 @@ class Worker:
         reason = f"gave up after {job.attempt} attempt(s): {err}" if err.retryable else str(err)
         # the terminal status first: a crash between the two leaves a finished task, never a lost one
         self._end(job, TaskStatus.FAILED, error=reason, attempt=job.attempt, dead_letter=reason if err.retryable else None,
-                  run_s=run_s, batch=job.batch)
+                  run_s=run_s, batch=job.batch, gpu_s=job.gpu_s)
         log.error("task failed: %s", reason, extra=job.log_extra)
 
     def _drop_cancelled(self, job: Job) -> None:
