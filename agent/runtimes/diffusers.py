@@ -8,6 +8,8 @@ payloads with hires fix or scripts) go one by one through the runtime's SD WebUI
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -30,6 +32,10 @@ class DiffusersAdapter(SdWebUIAdapter):
     def __init__(self, base_url: str, timeout_seconds: float, inputs: TaskInputs | None = None, max_batch: int = 16) -> None:
         super().__init__(base_url, timeout_seconds, inputs)
         self.max_batch = max_batch
+        # calls in flight, oldest first: the runtime works on the oldest (the next one waits in it), so progress is
+        # reported for the oldest call's tasks only
+        self._calls: list[object] = []
+        self._calls_lock = threading.Lock()
 
     def ready(self) -> bool:
         try:
@@ -82,12 +88,22 @@ class DiffusersAdapter(SdWebUIAdapter):
             return err
 
     def _generate(self, tasks: list[TaskMessage]) -> list[RuntimeResult | RuntimeFailure]:
+        call = object()
+        with self._calls_lock:
+            self._calls.append(call)
+        try:
+            return self._generate_call(tasks, lambda: bool(self._calls) and self._calls[0] is call)
+        finally:
+            with self._calls_lock:
+                self._calls.remove(call)
+
+    def _generate_call(self, tasks: list[TaskMessage], current: Callable[[], bool]) -> list[RuntimeResult | RuntimeFailure]:
         # Each task names its model (override_settings.sd_model_checkpoint) itself: the runtime batches per model.
         body = [{**prepare_payload(t.payload)[0], "id": t.id} for t in tasks]
         # A batch of n takes longer than one task, but far less than n tasks one after the other.
         timeout = self._timeout * max(1.0, len(tasks) / 2)
         try:
-            with self.watch_progress([t.id for t in tasks]):  # one GPU batch: its tasks advance step by step together
+            with self.watch_progress([t.id for t in tasks], current):  # one GPU batch: its tasks advance together
                 reply = self._http.post(f"{self._base}/v1/generate", json=body, timeout=httpx.Timeout(timeout, connect=5.0))
         except httpx.TimeoutException as err:
             self.interrupt()

@@ -89,8 +89,9 @@ class SdWebUIAdapter:
         self.wants_preview: Callable[[list[str]], bool] = lambda ids: False
 
     @contextlib.contextmanager
-    def watch_progress(self, task_ids: list[str]) -> Iterator[None]:
-        """Poll `/sdapi/v1/progress` while the block runs (one generation at a time per runtime, so it is theirs)."""
+    def watch_progress(self, task_ids: list[str], current: Callable[[], bool] = lambda: True) -> Iterator[None]:
+        """Poll `/sdapi/v1/progress` while the block runs; the runtime reports its one running generation, so it is
+        reported for `task_ids` only while `current()` says their call is the one the runtime works on."""
         sink = self.on_progress
         if sink is None:
             yield
@@ -106,7 +107,7 @@ class SdWebUIAdapter:
                     state = answer.get("state") or {}
                     image = answer.get("current_image")
                     preview = base64.b64decode(image.split(",", 1)[-1]) if isinstance(image, str) and image else None
-                    if state.get("job_count") or answer.get("progress"):
+                    if (state.get("job_count") or answer.get("progress")) and current():
                         sink(task_ids, float(answer.get("progress") or 0.0), state.get("sampling_step"),
                              state.get("sampling_steps"), preview)
                 except (httpx.HTTPError, ValueError, TypeError, AttributeError):
