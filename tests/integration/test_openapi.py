@@ -67,6 +67,9 @@ def test_live_answers_match_the_openapi_document(stack, client):
     check("GET", "/v1/tasks", http.get(f"{api}/v1/tasks"))  # 400
     usage = check("GET", "/v1/usage", http.get(f"{api}/v1/usage"))
     assert usage["total"]["tasks"] >= 2
+    table = subprocess.run([sys.executable, "-m", "sdlab", "--home", stack["home"], "usage"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "rt-a" in table and "API key" in table and "key-" in table
     check("GET", "/v1/usage", http.get(f"{api}/v1/usage", params={"since": "soon"}))  # 400
     v2 = {"task": {"metadata": {"id": f"oas-v2-{run}", "runtime": "rt-b", "tasktype": "text-to-image", "prefix": "output"},
                    "content": {"prompt": "x", "steps": 2, "width": 64, "height": 64}}}
