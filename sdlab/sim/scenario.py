@@ -39,7 +39,8 @@ def karpenter_pick(instance_types: tuple[str, ...], capacity_types: tuple[str, .
     capacity = "spot" if "spot" in capacity_types else "on-demand"
     known = [t for t in instance_types if t in facts.instance_types]
     if not known:
-        raise ConfigError([f"none of {list(instance_types)} is in the simulator's facts table; known: {sorted(facts.instance_types)}"])
+        raise ConfigError([f"none of {list(instance_types)} is in the simulator's facts table; "
+                           f"known: {sorted(facts.instance_types)}"])
     return min(known, key=lambda t: facts.instance(t).price(capacity, region) / facts.instance(t).gpus)
 
 
