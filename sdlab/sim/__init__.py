@@ -15,22 +15,34 @@ and `burst` still work (`sdlab.sim.compat`), run by the new engine.
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from sdlab.config import Settings
-from sdlab.sim.compat import burst, constant, simulate_rate
-from sdlab.sim.engine import Plan, run
-from sdlab.sim.facts import load_facts
-from sdlab.sim.result import Result
-from sdlab.sim.scenario import Choice, choice_from_config, plan, runtime_settings, sagemaker_plan
-from sdlab.sim.workload import Workload, load_workload
+if TYPE_CHECKING:
+    from sdlab.sim.engine import Plan
+    from sdlab.sim.result import Result
+    from sdlab.sim.scenario import Choice
+    from sdlab.sim.workload import Workload
 
 __all__ = ["Choice", "Plan", "Result", "Workload", "burst", "constant", "load_facts", "load_workload", "plan",
            "run_plan", "sagemaker_plan", "simulate", "simulate_rate"]
+# names served lazily, so `sdlab --help` does not import numpy
+_LAZY = {"burst": "compat", "constant": "compat", "simulate_rate": "compat", "Plan": "engine", "run": "engine",
+         "load_facts": "facts", "Result": "result", "Choice": "scenario", "plan": "scenario", "sagemaker_plan": "scenario",
+         "choice_from_config": "scenario", "runtime_settings": "scenario", "Workload": "workload", "load_workload": "workload"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"sdlab.sim.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'sdlab.sim' has no attribute {name!r}")
 
 
 def run_plan(p: Plan, workload: Workload, seed: int | None = None, settings: dict[str, Any] | None = None) -> Result:
     """Run one plan on one workload (same seed, same arrivals)."""
+    from sdlab.sim.engine import run
+    from sdlab.sim.result import Result
+
     seed = workload.seed if seed is None else seed
     raw = run(p, workload.times(seed), workload.duration_s, seed=seed)
     return Result(label=p.label, raw=raw, overhead_s=p.overhead_s, fixed_usd_per_hour=p.fixed_usd_per_hour,
@@ -45,7 +57,13 @@ def simulate(settings: Any, runtime: Any = None, workload: Workload | None = Non
     Called the old way — `simulate(scaling_settings, rate_fn, duration_s=..., seconds_per_image=...)` — it runs
     `compat.simulate_rate` and returns the old result shape.
     """
+    from sdlab.config import Settings
+    from sdlab.sim.facts import load_facts
+    from sdlab.sim.scenario import RUNTIME_KINDS, choice_from_config, plan, runtime_settings
+
     if callable(runtime):
+        from sdlab.sim.compat import simulate_rate
+
         return simulate_rate(settings, runtime, *args, **kwargs)
     if not isinstance(settings, Settings):
         raise TypeError("simulate(settings, runtime, workload): settings is a loaded sdlab.yaml (sdlab.config.load_config)")
@@ -55,8 +73,6 @@ def simulate(settings: Any, runtime: Any = None, workload: Workload | None = Non
     region = region or settings.stack.region
     facts = load_facts()
     chosen = choice or choice_from_config(rt, region, facts)
-    from sdlab.sim.scenario import RUNTIME_KINDS
-
     p = plan(chosen, workload.model, region=region, runtime_kind=RUNTIME_KINDS.get(rt.type), facts=facts,
              grace_s=max(1.0, rt.queue.visibility_timeout_seconds - 5.0), **kwargs)
     return run_plan(p, workload, seed, settings={"runtime": rt.name, "model": workload.model, **chosen.describe()})

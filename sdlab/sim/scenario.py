@@ -46,8 +46,10 @@ def karpenter_pick(instance_types: tuple[str, ...], capacity_types: tuple[str, .
 
 def choice_from_config(runtime: RuntimeSettings, region: str, facts: Facts | None = None) -> Choice:
     facts = facts or load_facts()
+    # the agent hands one message per call unless the runtime batches (the project's diffusers runtime does)
+    batch = runtime.batch.max_batch or (None if runtime.type == "diffusers" else 1)
     return Choice(instance_type=karpenter_pick(runtime.nodes.instance_types, runtime.nodes.capacity_types, region, facts),
-                  capacity_types=runtime.nodes.capacity_types, scaling=runtime.scaling, max_batch=runtime.batch.max_batch)
+                  capacity_types=runtime.nodes.capacity_types, scaling=runtime.scaling, max_batch=batch)
 
 
 def plan(choice: Choice, model: str, *, region: str = "us-east-1", runtime_kind: str | None = None,
