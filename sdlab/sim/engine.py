@@ -209,7 +209,7 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
         counters["released"] += len(ids)
         pod.busy = False
 
-    def launch_node(t: float) -> _Node | None:
+    def launch_node(t: float, warm: bool = False) -> _Node | None:
         capacity = "spot" if "spot" in plan.capacity_types else "on-demand"
         if capacity == "spot" and plan.spot_unavailable_probability and rng.random() < plan.spot_unavailable_probability:
             counters["spot_unavailable"] += 1
@@ -217,8 +217,8 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
                 return None
             capacity = "on-demand"
         serial[1] += 1
-        ready = t + plan.node_ready_s
-        node = _Node(serial[1], capacity, plan.price_per_hour[capacity], t, ready, ready + plan.image_pull_s)
+        ready = t if warm else t + plan.node_ready_s
+        node = _Node(serial[1], capacity, plan.price_per_hour[capacity], t, ready, ready + (0.0 if warm else plan.image_pull_s))
         nodes.append(node)
         live.append(node)
         counters["nodes_launched"] += 1
@@ -226,14 +226,14 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
             push(t + rng.expovariate(plan.interruptions_per_hour / 3600.0), NOTICE, node)
         return node
 
-    def bind(pod: _Pod, t: float) -> None:
+    def bind(pod: _Pod, t: float, warm: bool = False) -> None:
         node = None
         for nd in live:
             if not nd.interrupted and len(nd.pods) < plan.gpus_per_node:
                 node = nd
                 break
         if node is None:
-            node = launch_node(t)
+            node = launch_node(t, warm)
             if node is None:
                 if not waiting_for_capacity:
                     push(t + plan.spot_retry_s, RETRY_LAUNCH)
@@ -242,7 +242,7 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
         node.pods.append(pod)
         pod.node, pod.state = node, "starting"
         counters["pods_started"] += 1
-        push(max(t, node.image_at) + plan.model_load_s, POD_READY, pod)
+        push(t if warm else max(t, node.image_at) + plan.model_load_s, POD_READY, pod)
 
     def remove(pod: _Pod, t: float) -> None:
         if pod.state == "gone":
@@ -297,8 +297,11 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
         scaler = SageMakerAsyncScaler(sm.get("target", 5.0), s.min_replicas, s.max_replicas,
                                       sm.get("scale_in_cooldown_s", 300.0), sm.get("scale_out_cooldown_s", 300.0))
         push(0.0, SAGEMAKER)
-    if s.min_replicas:
-        reconcile(0.0, s.min_replicas)
+    for _ in range(s.min_replicas):  # the warm pool is up and ready when the workload starts
+        serial[0] += 1
+        warm_pod = _Pod(serial[0], 0.0)
+        active.append(warm_pod)
+        bind(warm_pod, 0.0, warm=True)
     polls = 0
     next_sample = 0.0
     end = duration_s

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sdlab import envvars
 from sdlab.errors import ConfigError
 
 HOURS_PER_MONTH = 730.0
@@ -153,5 +155,6 @@ def _load(prices_file: str | None) -> Facts:
 
 
 def load_facts(prices_file: str | Path | None = None) -> Facts:
-    """The shipped table, with refreshed prices laid over it when `prices_file` exists."""
+    """The shipped table, with refreshed prices laid over it from `prices_file` (default $SDLAB_SIM_PRICES)."""
+    prices_file = prices_file or os.environ.get(envvars.SIM_PRICES)
     return _load(str(prices_file) if prices_file else None)

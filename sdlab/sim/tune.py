@@ -149,6 +149,8 @@ def write_choice(config_file: str | Path, runtime: str, choice: Choice) -> None:
     path = Path(config_file)
     yaml = YAML()  # round-trip
     yaml.preserve_quotes = True
+    yaml.width = 4096  # never wrap a flow mapping
+    yaml.indent(mapping=2, sequence=4, offset=2)  # the file's own style: "  - name: ..." under "runtimes:"
     data = yaml.load(path.read_text())
     entries = [r for r in data.get("runtimes", []) if r.get("name") == runtime]
     if not entries:
