@@ -99,7 +99,8 @@ class _Pod:
 class SageMakerAsyncScaler:
     """SageMaker Asynchronous Inference autoscaling as the AWS docs describe it (docs/tuning.md has the sources).
 
-    Every minute CloudWatch gets `ApproximateBacklogSizePerInstance` (backlog ÷ instances). Target tracking: the
+    Every minute CloudWatch gets `ApproximateBacklogSizePerInstance` (backlog incl. requests in progress ÷ instances,
+    averaged over the minute: sampled every 10 s here). Target tracking: the
     high alarm fires after 3 datapoints above target and scales out proportionally (desired = ceil(n × metric ÷
     target)); the low alarm after 15 datapoints below 90 % of target scales in the same way, to zero when the backlog
     is empty; cooldowns 300 s. From zero, a step policy on `HasBacklogWithoutCapacity` adds one instance after 2
@@ -114,8 +115,20 @@ class SageMakerAsyncScaler:
         self.samples: deque[float] = deque(maxlen=15)
         self.no_capacity: deque[bool] = deque(maxlen=2)
         self.last_out = self.last_in = -INF
+        self._window: list[int] = []
+        self._last_eval = -INF
 
     def evaluate(self, now: float, backlog: int) -> int:
+        """Called every 10 s; each minute's datapoint is the mean of its samples (CloudWatch's Average)."""
+        self._window.append(backlog)
+        if now - self._last_eval < 60.0 - 1e-9:
+            return self.replicas
+        self._last_eval = now
+        mean_backlog = sum(self._window) / len(self._window)
+        self._window.clear()
+        return self._minute(now, mean_backlog)
+
+    def _minute(self, now: float, backlog: float) -> int:
         n = self.replicas
         self.no_capacity.append(n == 0 and backlog > 0)
         if n == 0:

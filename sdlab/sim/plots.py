@@ -56,7 +56,8 @@ def pareto(tune_result: Any, path: str | Path | None = None, labelled: int = 6) 
     ax.scatter([p.p95 for p in pts], [p.cost for p in pts], s=8, color="lightgrey", label="evaluated")
     front = tune_result.front
     ax.plot([p.p95 for p in front], [p.cost for p in front], "o-", color="tab:blue", label="Pareto front")
-    for p in front[:labelled]:
+    step = max(1, len(front) // labelled)
+    for p in front[::step]:
         c = p.choice
         ax.annotate(f"{c.instance_type} {'spot' if 'spot' in c.capacity_types else 'OD'} q{c.scaling.queue_length} "
                     f"min{c.scaling.min_replicas}", (p.p95, p.cost), fontsize=6, xytext=(3, 3), textcoords="offset points")
