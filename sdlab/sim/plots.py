@@ -43,7 +43,7 @@ def timeline(*results: Result, path: str | Path | None = None, title: str | None
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=60)
         plt.close(fig)
     return fig
 
