@@ -164,16 +164,17 @@ def compare(live: LiveRun, sim: Result) -> dict[str, Any]:
     tl = sim.timeline
     live_ps = pod_seconds(ls[:, 0], ls[:, 1])
     sim_ps = pod_seconds(tl[:, 0], tl[:, 5])
-    out = {
+    drain = {"live": round(live.drain_s, 2), "sim": round(sim.drain_s, 2)}
+    out: dict[str, Any] = {
         "tasks": len(live.submits),
         "service_s_measured": round(live.service_s, 3),
         "pod_start_s_measured": round(live.mean_pod_start_s, 2),
-        "drain_s": {"live": round(live.drain_s, 2), "sim": round(sim.drain_s, 2)},
+        "drain_s": drain,
         "pod_seconds": {"live": round(live_ps, 1), "sim": round(sim_ps, 1)},
         "peak_pods": {"live": int(ls[:, 1].max()), "sim": int(tl[:, 5].max())},
         "back_to_zero_s": {"live": _zero_after(ls[:, 0], ls[:, 1]), "sim": _zero_after(tl[:, 0], tl[:, 5])},
     }
-    out["drain_error"] = round(abs(out["drain_s"]["sim"] - out["drain_s"]["live"]) / out["drain_s"]["live"], 3)
+    out["drain_error"] = round(abs(drain["sim"] - drain["live"]) / drain["live"], 3)
     out["pod_seconds_error"] = round(abs(sim_ps - live_ps) / live_ps, 3) if live_ps else None
     return out
 

@@ -68,7 +68,8 @@ def compare(out: str | None = None) -> dict[str, Any]:
         tuned = tune(settings, "webui", workload, target)
         chosen = tuned.chosen or tuned.front[-1]
         c = chosen.choice
-        tuned_label = (f"tuned: {c.instance_type} {'Spot' if 'spot' in c.capacity_types else 'OD'}, qLen {c.scaling.queue_length}, "
+        cap = "Spot" if "spot" in c.capacity_types else "OD"
+        tuned_label = (f"tuned: {c.instance_type} {cap}, qLen {c.scaling.queue_length}, "
                        f"min {c.scaling.min_replicas}, max {c.scaling.max_replicas}, cooldown {c.scaling.cooldown_seconds}")
         results.append((tuned_label, run_plan(plan(c, MODEL, label=tuned_label), workload)))
         for target_backlog in (5.0, 1.0):

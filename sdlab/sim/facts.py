@@ -103,7 +103,7 @@ class Facts:
             raise ConfigError([f"no service time for card {card} and model {model!r}; known models for {card}: "
                                f"{sorted({r['model'] for r in self.service_rows if r['card'] == card})}"])
         kinds = [r["runtime"] for r in rows]
-        order = [runtime] if runtime in kinds else []
+        order = [runtime] if runtime is not None and runtime in kinds else []
         order += [k for k in ("sdlab", "sdwebui", "diffusers") if k in kinds and k not in order]
         chosen = [r for r in rows if r["runtime"] == order[0]]
         chosen.sort(key=lambda r: r["batch"])

@@ -21,7 +21,7 @@ class Choice:
 
     instance_type: str
     capacity_types: tuple[str, ...] = ("spot", "on-demand")
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    scaling: ScalingSettings = field(default_factory=lambda: ScalingSettings())
     max_batch: int | None = None
     image_mode: str = "snapshot"  # standard | soci | snapshot
 

@@ -195,3 +195,17 @@ def test_prices_refresh_from_spot_history_on_moto(moto_server, tmp_path, monkeyp
     facts = load_facts(out)
     assert facts.instance("g5.xlarge").price("spot", "us-east-1") == doc["prices"]["g5.xlarge"]["spot_typical"]["us-east-1"]
     assert "refreshed" in facts.instance("g5.xlarge").source
+
+
+def test_hpa_behaviour_from_config_slows_the_simulated_scale_up():
+    from sdlab.config import HpaBehavior, HpaPolicy, HpaRules
+
+    slow_up = HpaBehavior(scale_up=HpaRules(policies=(HpaPolicy(type="Pods", value=1, period_seconds=120),)))
+    default = run_plan(_plan(), BURST)
+    slow = run_plan(_plan(hpa=slow_up), BURST)
+    def first(r, n):
+        return r.timeline[np.nonzero(r.timeline[:, 3] >= n)[0][0], 0]
+
+    assert first(default, 8) - first(default, 1) <= 30  # Kubernetes' default: +4 pods or +100 % per 15 s
+    assert first(slow, 3) - first(slow, 2) == 120  # then +1 pod per 2 minutes (the 0 → 1 was KEDA, not the HPA)
+    assert slow.summary()["max_pods"] < 8 and slow.summary()["p95_s"] > default.summary()["p95_s"]
