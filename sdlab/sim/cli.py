@@ -93,7 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     # --config here as well as before the command (`sdlab sim --config sdlab.yaml`); SUPPRESS keeps the global value
     s.add_argument("--config", default=argparse.SUPPRESS, help="config file (as `sdlab --config`)")
     s.add_argument("--runtime", default=None, help="runtime name (default: the first)")
-    s.add_argument("--workload", default=None, help="workload YAML or trace CSV (docs/tuning.md); default: a bursty hour")
+    s.add_argument("--workload", default=None,
+                   help="workload YAML, trace CSV, or a shipped one: bursty, steady, day (docs/tuning.md); "
+                        "default: a bursty hour")
     s.add_argument("--instance-type", default=None, help="instead of Karpenter's pick from nodes.instance_types")
     s.add_argument("--capacity", default=None, help="spot,on-demand | on-demand | spot")
     s.add_argument("--seed", type=int, default=None)
@@ -105,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tune", help="search instance types, Spot and KEDA values for a p95 target; --write edits sdlab.yaml")
     t.add_argument("--config", default=argparse.SUPPRESS, help="config file (as `sdlab --config`)")
     t.add_argument("--runtime", required=True)
-    t.add_argument("--workload", required=True, help="workload YAML or trace CSV")
+    t.add_argument("--workload", required=True, help="workload YAML, trace CSV, or a shipped one: bursty, steady, day")
     t.add_argument("--p95", type=float, required=True, help="target p95 end-to-end latency, seconds")
     t.add_argument("--instance-types", default=None, help="comma-separated types to search (default: config + g-family)")
     t.add_argument("--plot", default=None, help="write the Pareto front as a PNG here")

@@ -16,9 +16,8 @@ from sdlab.sim import run_plan
 from sdlab.sim.result import Result
 from sdlab.sim.scenario import Choice, plan, sagemaker_plan
 from sdlab.sim.tune import tune
-from sdlab.sim.workload import Workload
+from sdlab.sim.workload import load_workload
 
-MODEL = "sd15-512-16"  # the guidance's own workload: SD WebUI, 512², 16 steps, 1.5 s per image on g5/g6
 GUIDANCE_TYPES = ("g6.2xlarge", "g5.2xlarge")
 
 # The guidance chart's defaults (facts/upstream-guidance.md): queueLength 10, pollingInterval 1, cooldownPeriod 60,
@@ -28,13 +27,7 @@ GUIDANCE_SCALING = ScalingSettings(min_replicas=0, max_replicas=20, queue_length
                                    hpa=HpaBehavior(scale_down=HpaRules(stabilization_window_seconds=300, policies=(
                                        HpaPolicy(type="Percent", value=100, period_seconds=15),))))
 
-WORKLOADS = {
-    "bursty": (Workload("bursty", 3 * 3600.0, ({"kind": "poisson", "rate_per_s": 0.02},
-                                                {"kind": "burst", "at_s": 900.0, "count": 400},
-                                                {"kind": "burst", "at_s": 4500.0, "count": 400},
-                                                {"kind": "burst", "at_s": 8100.0, "count": 400}), MODEL, seed=11), 240.0),
-    "steady": (Workload("steady", 4 * 3600.0, ({"kind": "poisson", "rate_per_s": 0.5},), MODEL, seed=12), 20.0),
-}
+WORKLOADS = {"bursty": (load_workload("bursty"), 240.0), "steady": (load_workload("steady"), 20.0)}  # (workload, p95 target)
 
 TUNE_CONFIG = {"version": 1, "stack": {"name": "cmp", "region": "us-east-1"},
                "runtimes": [{"name": "webui", "type": "sdwebui", "model": {"name": "sd15"},
@@ -61,9 +54,9 @@ def compare(out: str | None = None) -> dict[str, Any]:
     for wname, (workload, target) in WORKLOADS.items():
         results: list[tuple[str, Result]] = []
         for cap, label in ((("spot", "on-demand"), "guidance defaults, Spot"), (("on-demand",), "guidance defaults, On-Demand")):
-            results.append((label, run_plan(plan(guidance(cap), MODEL, label=label), workload)))
+            results.append((label, run_plan(plan(guidance(cap), workload.model, label=label), workload)))
         label = "guidance defaults, Spot, pre-pulled image snapshot"
-        results.append((label, run_plan(plan(replace(guidance(("spot", "on-demand")), image_mode="snapshot"), MODEL,
+        results.append((label, run_plan(plan(replace(guidance(("spot", "on-demand")), image_mode="snapshot"), workload.model,
                                              label=label), workload)))
         tuned = tune(settings, "webui", workload, target)
         chosen = tuned.chosen or tuned.front[-1]
@@ -71,9 +64,9 @@ def compare(out: str | None = None) -> dict[str, Any]:
         cap = "Spot" if "spot" in c.capacity_types else "OD"
         tuned_label = (f"tuned: {c.instance_type} {cap}, qLen {c.scaling.queue_length}, "
                        f"min {c.scaling.min_replicas}, max {c.scaling.max_replicas}, cooldown {c.scaling.cooldown_seconds}")
-        results.append((tuned_label, run_plan(plan(c, MODEL, label=tuned_label), workload)))
+        results.append((tuned_label, run_plan(plan(c, workload.model, label=tuned_label), workload)))
         for target_backlog in (5.0, 1.0):
-            p = sagemaker_plan("ml.g5.xlarge", MODEL, target_backlog_per_instance=target_backlog, max_instances=20)
+            p = sagemaker_plan("ml.g5.xlarge", workload.model, target_backlog_per_instance=target_backlog, max_instances=20)
             results.append((p.label, run_plan(p, workload)))
         rows = [row(n, r) for n, r in results]
         report[wname] = {"tasks": len(workload.times()), "p95_target_s": target, "rows": rows,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,18 @@ def write_trace(path: str | Path, times: np.ndarray) -> None:
     Path(path).write_text("t\n" + "".join(f"{t:.3f}\n" for t in np.sort(times)))
 
 
+def shipped_workloads() -> list[str]:
+    """Names of the reference workloads shipped in the package (`bursty`, `steady`, `day`)."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("sdlab.sim").joinpath("data/workloads").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
 def load_workload(path: str | Path) -> Workload:
-    """A workload YAML file, or a CSV trace replayed as it is."""
+    """A workload YAML file, a CSV trace replayed as it is, or the name of a shipped workload (`bursty`)."""
     path = Path(path)
+    if not path.exists() and str(path) in shipped_workloads():
+        with resources.as_file(resources.files("sdlab.sim").joinpath(f"data/workloads/{path}.yaml")) as shipped:
+            return load_workload(shipped)
     if path.suffix == ".csv":
         times = read_trace(path)
         return Workload(name=path.stem, duration_s=float(times[-1]) + 1.0 if len(times) else 1.0,

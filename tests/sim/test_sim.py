@@ -58,6 +58,12 @@ def test_trace_round_trip_and_bad_trace(tmp_path):
         read_trace(tmp_path / "bad.csv")
 
 
+def test_shipped_reference_workloads_load_by_name():
+    bursty_ref = load_workload("bursty")
+    assert bursty_ref.duration_s == 10800 and (bursty_ref.times() == 900).sum() == 400
+    assert abs(len(load_workload("day").times()) - 1_000_000) < 5000
+
+
 def test_workload_file_sums_its_arrivals(tmp_path):
     write_trace(tmp_path / "rec.csv", np.array([5.0, 6.0]))
     (tmp_path / "w.yaml").write_text(
