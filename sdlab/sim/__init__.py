@@ -60,6 +60,7 @@ def simulate(settings: Any, runtime: Any = None, workload: Workload | None = Non
     from sdlab.config import Settings
     from sdlab.sim.facts import load_facts
     from sdlab.sim.scenario import RUNTIME_KINDS, choice_from_config, plan, runtime_settings
+    from sdlab.wiring import timing
 
     if callable(runtime):
         from sdlab.sim.compat import simulate_rate
@@ -74,5 +75,5 @@ def simulate(settings: Any, runtime: Any = None, workload: Workload | None = Non
     facts = load_facts()
     chosen = choice or choice_from_config(rt, region, facts)
     p = plan(chosen, workload.model, region=region, runtime_kind=RUNTIME_KINDS.get(rt.type), facts=facts,
-             grace_s=max(1.0, rt.queue.visibility_timeout_seconds - 5.0), **kwargs)
+             grace_s=float(timing(rt).agent_grace_seconds), **kwargs)
     return run_plan(p, workload, seed, settings={"runtime": rt.name, "model": workload.model, **chosen.describe()})

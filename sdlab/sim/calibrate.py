@@ -29,6 +29,7 @@ from sdlab.sim.engine import Plan
 from sdlab.sim.facts import ServiceCurve
 from sdlab.sim.result import Result
 from sdlab.sim.workload import Workload
+from sdlab.wiring import timing
 
 STATE_FILE = "autoscaler.json"
 
@@ -143,7 +144,8 @@ def simulate_local(settings: Settings, runtime: str, live: LiveRun, seed: int = 
     plan = Plan(scaling=s, service=ServiceCurve("cpu", rt.model.name, "sdlab", ((1, live.service_s),), ("measured live",)),
                 max_batch=1, gpus_per_node=1000, node_ready_s=0.0, image_pull_s=0.0, model_load_s=live.mean_pod_start_s,
                 price_per_hour={"spot": 0.0, "on-demand": 0.0}, capacity_types=("on-demand",), consolidate_after_s=0.0,
-                grace_s=25.0, hpa_sync_s=min(15.0, float(s.polling_interval_seconds)), label="simulator")
+                grace_s=float(timing(rt).agent_grace_seconds), hpa_sync_s=min(15.0, float(s.polling_interval_seconds)),
+                label="simulator")
     times = np.array(live.submits)
     return run_plan(plan, _Fixed(workload, times), seed)
 
@@ -189,7 +191,7 @@ def _zero_after(t: np.ndarray, pods: np.ndarray) -> float | None:
 
 def calibration_config(base: dict[str, Any], max_replicas: int = 2, queue_length: int = 2, cooldown_s: int = 5) -> Settings:
     """One runtime, small intervals so a run takes seconds: polling 1 s (the HPA syncs every second locally)."""
-    rt = {**base["runtimes"][0], "torch_threads": 1,
+    rt = {**base["runtimes"][0], "torch_threads": 1, "batch": {"max_batch": 1},  # the service time of one image
           "scaling": {"min_replicas": 0, "max_replicas": max_replicas, "queue_length": queue_length,
                       "polling_interval_seconds": 1, "cooldown_seconds": cooldown_s}}
     return parse_config({**base, "runtimes": [rt]}, "calibration")

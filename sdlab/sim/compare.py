@@ -61,8 +61,8 @@ def compare(out: str | None = None) -> dict[str, Any]:
         tuned = tune(settings, "webui", workload, target)
         chosen = tuned.chosen or tuned.front[-1]
         c = chosen.choice
-        cap = "Spot" if "spot" in c.capacity_types else "OD"
-        tuned_label = (f"tuned: {c.instance_type} {cap}, qLen {c.scaling.queue_length}, "
+        cap_name = "Spot" if "spot" in c.capacity_types else "OD"
+        tuned_label = (f"tuned: {c.instance_type} {cap_name}, qLen {c.scaling.queue_length}, "
                        f"min {c.scaling.min_replicas}, max {c.scaling.max_replicas}, cooldown {c.scaling.cooldown_seconds}")
         results.append((tuned_label, run_plan(plan(c, workload.model, label=tuned_label), workload)))
         for target_backlog in (5.0, 1.0):

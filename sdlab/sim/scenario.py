@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sdlab.config import RuntimeSettings, ScalingSettings, Settings
+from sdlab.config import QueueSettings, RuntimeSettings, ScalingSettings, Settings
 from sdlab.errors import ConfigError
 from sdlab.sim.engine import Plan
 from sdlab.sim.facts import Facts, ServiceCurve, load_facts
+from sdlab.wiring import FINISH_MARGIN_SECONDS
 
 RUNTIME_KINDS = {"sdwebui": "sdwebui", "comfyui": "sdwebui", "diffusers": "diffusers"}
 CONSOLIDATE_AFTER_S = 60.0  # the rendered NodePool's consolidateAfter (RenderContext.consolidate_after)
+# the agent's warm-shutdown budget with the default queue (sdlab.wiring.timing)
+DEFAULT_GRACE_S = float(QueueSettings().visibility_timeout_seconds + FINISH_MARGIN_SECONDS)
 OVERHEAD_S = 0.3  # EST: API + SQS + agent receive + S3 upload + SNS per task, outside the runtime call
 
 
@@ -53,7 +56,8 @@ def choice_from_config(runtime: RuntimeSettings, region: str, facts: Facts | Non
 
 
 def plan(choice: Choice, model: str, *, region: str = "us-east-1", runtime_kind: str | None = None,
-         facts: Facts | None = None, grace_s: float = 115.0, label: str = "", **overrides: Any) -> Plan:
+         facts: Facts | None = None, grace_s: float = DEFAULT_GRACE_S, label: str = "", **overrides: Any) -> Plan:
+    # grace_s: the agent's warm-shutdown budget (`sdlab.wiring.timing(runtime).agent_grace_seconds` for a runtime)
     """A Plan for one choice; `overrides` set any Plan field (calibration, SageMaker)."""
     facts = facts or load_facts()
     it = facts.instance(choice.instance_type)

@@ -22,6 +22,7 @@ from sdlab.sim import run_plan
 from sdlab.sim.facts import Facts, load_facts
 from sdlab.sim.scenario import RUNTIME_KINDS, Choice, choice_from_config, plan
 from sdlab.sim.workload import Workload
+from sdlab.wiring import timing
 
 SEARCH_TYPES = ("g4dn.xlarge", "g5.xlarge", "g5.2xlarge", "g6.xlarge", "g6.2xlarge", "g6e.xlarge")
 CAPACITY_CHOICES = (("spot", "on-demand"), ("on-demand",))
@@ -106,7 +107,7 @@ def tune(settings: Settings, runtime: str, workload: Workload, target_p95_s: flo
     def evaluate(choice: Choice) -> Point:
         if choice not in cache:
             p = plan(choice, workload.model, region=region, runtime_kind=kind, facts=facts,
-                     grace_s=max(1.0, rt.queue.visibility_timeout_seconds - 5.0))
+                     grace_s=float(timing(rt).agent_grace_seconds))
             cache[choice] = Point(choice, run_plan(p, workload, settings=choice.describe()).summary())
         return cache[choice]
 
