@@ -43,7 +43,7 @@ def timeline(*results: Result, path: str | Path | None = None, title: str | None
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=60)
+        fig.savefig(path, dpi=60, bbox_inches="tight")
         plt.close(fig)
     return fig
 
@@ -69,7 +69,7 @@ def pareto(tune_result: Any, path: str | Path | None = None, labelled: int = 6) 
     ax.legend(fontsize=7)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=80, bbox_inches="tight")
         plt.close(fig)
     return fig
 
@@ -90,6 +90,6 @@ def compare_bars(rows: list[dict[str, Any]], path: str | Path | None = None) -> 
         a.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=80, bbox_inches="tight")
         plt.close(fig)
     return fig
