@@ -73,7 +73,7 @@ class Plan:
 
 
 class _Node:
-    __slots__ = ("id", "capacity", "price", "launched", "ready_at", "image_at", "pods", "interrupted", "ended")
+    __slots__ = ("id", "capacity", "price", "launched", "ready_at", "image_at", "pods", "interrupted", "ended", "empty_since")
 
     def __init__(self, nid: int, capacity: str, price: float, launched: float, ready_at: float, image_at: float) -> None:
         self.id, self.capacity, self.price, self.launched = nid, capacity, price, launched
@@ -81,6 +81,7 @@ class _Node:
         self.pods: list[_Pod] = []
         self.interrupted = False
         self.ended: float | None = None
+        self.empty_since = launched
 
 
 class _Pod:
@@ -267,6 +268,7 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
         if node is not None and pod in node.pods:
             node.pods.remove(pod)
             if not node.pods and node.ended is None and not node.interrupted:
+                node.empty_since = t
                 push(t + plan.consolidate_after_s, CONSOLIDATE, node)
 
     def terminate(pod: _Pod, t: float, grace: float) -> None:
@@ -383,7 +385,9 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
             start_batch(pod, t)
         elif kind == CONSOLIDATE:
             node = obj
-            if node.ended is None and not node.pods and not node.interrupted:
+            # consolidateAfter counts from the last pod leaving (Karpenter resets it when pods come and go)
+            if (node.ended is None and not node.pods and not node.interrupted
+                    and t - node.empty_since >= plan.consolidate_after_s - 1e-9):
                 node.ended = t
                 live.remove(node)
         elif kind == NOTICE:

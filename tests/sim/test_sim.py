@@ -215,3 +215,13 @@ def test_hpa_behaviour_from_config_slows_the_simulated_scale_up():
     assert first(default, 8) - first(default, 1) <= 30  # Kubernetes' default: +4 pods or +100 % per 15 s
     assert first(slow, 3) - first(slow, 2) == 120  # then +1 pod per 2 minutes (the 0 → 1 was KEDA, not the HPA)
     assert slow.summary()["max_pods"] < 8 and slow.summary()["p95_s"] > default.summary()["p95_s"]
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from sdlab.sim.tune import Point, pareto
+
+    def pt(cost, p95, unfinished=0):
+        return Point(Choice("g6.xlarge"), {"cost_per_1000_images_usd": cost, "p95_s": p95, "unfinished": unfinished})
+
+    pts = [pt(1.0, 100), pt(2.0, 50), pt(1.5, 120), pt(3.0, 50), pt(0.5, 10, unfinished=3), pt(4.0, 20)]
+    assert [(p.cost, p.p95) for p in pareto(pts)] == [(1.0, 100), (2.0, 50), (4.0, 20)]
