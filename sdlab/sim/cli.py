@@ -33,7 +33,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
         choice = replace(choice, instance_type=args.instance_type or choice.instance_type,
                          capacity_types=tuple(args.capacity.split(",")) if args.capacity else choice.capacity_types)
-    result = simulate(settings, rt.name, workload, choice=choice, seed=args.seed)
+    if args.sagemaker:  # the managed alternative on the same workload
+        from sdlab.sim import run_plan
+        from sdlab.sim.scenario import sagemaker_plan
+
+        p = sagemaker_plan(args.sagemaker, workload.model, target_backlog_per_instance=args.backlog_target,
+                           min_instances=rt.scaling.min_replicas, max_instances=rt.scaling.max_replicas,
+                           region=settings.stack.region)
+        result = run_plan(p, workload, args.seed, settings={"sagemaker": args.sagemaker, "backlog_target": args.backlog_target})
+    else:
+        result = simulate(settings, rt.name, workload, choice=choice, seed=args.seed)
     summary = result.summary()
     summary["config"] = str(config_path(args.config))
     summary["workload"] = {"name": workload.name, "duration_s": workload.duration_s, "model": workload.model}
@@ -98,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default: a bursty hour")
     s.add_argument("--instance-type", default=None, help="instead of Karpenter's pick from nodes.instance_types")
     s.add_argument("--capacity", default=None, help="spot,on-demand | on-demand | spot")
+    s.add_argument("--sagemaker", default=None, metavar="ML_TYPE",
+                   help="simulate SageMaker Asynchronous Inference on this ml.* type instead (min/max from the runtime)")
+    s.add_argument("--backlog-target", type=float, default=5.0, help="with --sagemaker: ApproximateBacklogSizePerInstance target")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--timeline", action="store_true", help="include the timelines in the JSON")
     s.add_argument("--json", action="store_true")

@@ -171,6 +171,10 @@ def test_cli_sim_json_and_tune_write_keep_comments_and_render(tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["tasks"] > 40 and summary["p95_s"] > 0 and summary["cost_per_1000_images_usd"] > 0
+    out = _sdlab("sim", "--config", str(config), "--workload", "w.yaml", "--sagemaker", "ml.g5.xlarge", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    managed = json.loads(out.stdout)
+    assert managed["tasks"] == summary["tasks"] and managed["cost_breakdown_usd"]["fixed_usd"] == 0
 
     out = _sdlab("tune", "--config", str(config), "--runtime", "webui-a", "--workload", "w.yaml", "--p95", "600",
                  "--instance-types", "g6.xlarge,g5.xlarge", "--write", cwd=tmp_path)
