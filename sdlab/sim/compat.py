@@ -61,7 +61,8 @@ def simulate_rate(scaling: ScalingSettings, rate: Callable[[float], float], *, d
     p = Plan(scaling=scaling, service=ServiceCurve("any", "any", "any", ((1, seconds_per_image),), ("given",)), max_batch=1,
              gpus_per_node=1, node_ready_s=cold_start_seconds, image_pull_s=0.0, model_load_s=0.0,
              price_per_hour={"spot": 1.0, "on-demand": 1.0}, capacity_types=("spot",),
-             interruptions_per_hour=spot_interruptions_per_hour, consolidate_after_s=0.0, max_drain_s=drain_s)
+             interruptions_per_hour=spot_interruptions_per_hour, consolidate_after_s=0.0, max_drain_s=drain_s,
+             prefetch=False)  # the old simulator's replicas took one task at a time
     raw = run(p, times, duration_s, seed=seed)
     ok = ~np.isnan(raw["finish"])
     tl = raw["timeline"]

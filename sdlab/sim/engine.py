@@ -7,14 +7,16 @@ event each, which is what makes a simulated day of a million requests take secon
 
 What happens, in the order the real stack does it:
 - a task arrives in SQS (visible); a ready, idle pod takes up to `max_batch` visible messages (oldest first; messages
-  released by an interrupted pod first) and runs them as one runtime call (`ServiceCurve.seconds(batch)`);
+  released by an interrupted pod first) and runs them as one runtime call (`ServiceCurve.seconds(batch)`); while it
+  runs, the pod's agent receives the next batch (in flight, invisible) — the agent's prefetch;
 - KEDA polls every `pollingInterval` (metric = visible + in flight when `scaleOnInFlight`), the HPA syncs every
   15 s — both through `sdlab.scaling.KedaScaler`, the code the local autoscaler runs;
 - a new replica binds to a node with a free GPU, else Karpenter launches a node (Spot first when allowed; a Spot
   launch finds no capacity with a small probability, then On-Demand if allowed, else a retry later); the pod is
   ready after node Ready + image pull (none with a pre-pulled snapshot, cached per node) + model load;
-- scale-in removes not-ready pods first, then the newest; a busy pod finishes its call within the grace period, or
-  releases its messages for another pod (the agent's warm shutdown); empty nodes go after `consolidateAfter`;
+- scale-in removes not-ready pods first, then the newest; a stopping agent releases what it buffered at once, and
+  finishes its call within the grace period or releases it too (the warm shutdown); empty nodes go after
+  `consolidateAfter`;
 - a Spot node gets an interruption notice at its family's rate; its pods drain (finish within min(grace, notice),
   else release) while the ReplicaSet's replacements go pending at once; the node dies at the end of the notice;
 - nodes are billed per second from launch to termination at their capacity type's price.
@@ -60,6 +62,7 @@ class Plan:
     consolidate_after_s: float = 60.0
     grace_s: float = 115.0
     overhead_s: float = 0.0  # per-task latency outside the runtime call (API, SQS, agent, upload, notify)
+    prefetch: bool = True  # the agent's receiver holds the next batch (invisible, in flight) while the runtime works
     hpa_sync_s: float = 15.0
     autoscaler: str = "keda"  # or "sagemaker-async"
     sagemaker: dict[str, float] = field(default_factory=dict)
@@ -85,15 +88,16 @@ class _Node:
 
 
 class _Pod:
-    __slots__ = ("id", "node", "created", "state", "busy", "lo", "k_main", "retried", "finish", "started")
+    __slots__ = ("id", "node", "created", "state", "busy", "batch", "buf", "roomy", "finish", "started")
 
     def __init__(self, pid: int, created: float) -> None:
         self.id, self.created = pid, created
         self.node: _Node | None = None
         self.state = "pending"  # pending -> starting -> ready -> (terminating) -> gone
         self.busy = False
-        self.lo = self.k_main = 0
-        self.retried: list[int] = []
+        self.batch: list[int] = []  # task ids of the running call
+        self.buf: list[int] = []  # task ids the agent holds for the next call (prefetch)
+        self.roomy = False  # busy, ready, with room in its buffer: takes the next arrivals
         self.finish = self.started = 0.0
 
 
@@ -189,39 +193,87 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
     serial = [0, 0]
     waiting_for_capacity: list[_Pod] = []
 
+    roomy: list[_Pod] = []  # busy pods whose agent still has room to prefetch
+    prefetch = plan.prefetch
+
+    def take(n: int) -> list[int]:
+        """Up to n visible messages: released ones first, then the oldest."""
+        nonlocal taken
+        ids = [retry.popleft() for _ in range(min(n, len(retry)))] if retry else []
+        k_m = min(n - len(ids), i_adm - taken)
+        if k_m > 0:
+            ids.extend(range(taken, taken + k_m))
+            taken += k_m
+        return ids
+
+    def fill(pod: _Pod) -> None:
+        """The receiver buffers the next batch while the runtime works."""
+        nonlocal in_flight
+        room = max_batch - len(pod.buf)
+        if room > 0:
+            got = take(room)
+            pod.buf.extend(got)
+            in_flight += len(got)
+        want = len(pod.buf) < max_batch
+        if want and not pod.roomy:
+            roomy.append(pod)
+        elif not want and pod.roomy:
+            roomy.remove(pod)
+        pod.roomy = want
+
+    def unroom(pod: _Pod) -> None:
+        if pod.roomy:
+            roomy.remove(pod)
+            pod.roomy = False
+
     def start_batch(pod: _Pod, t: float) -> None:
-        nonlocal taken, in_flight, busy_s
-        k_r = min(len(retry), max_batch)
-        ids = [retry.popleft() for _ in range(k_r)] if k_r else []
-        k_m = min(max_batch - k_r, i_adm - taken)
-        k = k_r + k_m
-        if k == 0:
+        nonlocal in_flight, busy_s
+        ids = pod.buf
+        pod.buf = []
+        if len(ids) < max_batch:
+            more = take(max_batch - len(ids))
+            in_flight += len(more)
+            ids = ids + more if ids else more
+        if not ids:
+            unroom(pod)
             idle.append(pod)
             return
-        lo = taken
-        taken += k_m
-        dur = svc[k]
-        if k_m == 1:
-            start[lo] = t
-        elif k_m:
-            start[lo:lo + k_m] = t
         for i in ids:
             start[i] = t
-        pod.busy, pod.lo, pod.k_main, pod.retried, pod.started = True, lo, k_m, ids, t
+        dur = svc[len(ids)]
+        pod.busy, pod.batch, pod.started = True, ids, t
         pod.finish = t + dur
-        in_flight += k
         busy_s += dur
         push(pod.finish, FINISH, pod)
+        if prefetch:
+            fill(pod)
 
-    def release(pod: _Pod) -> None:
-        """The agent gives the messages back (visible again at once) and the call is abandoned."""
-        nonlocal in_flight, busy_s
-        ids = list(range(pod.lo, pod.lo + pod.k_main)) + pod.retried
+    def give_back(ids: list[int]) -> None:
+        nonlocal in_flight
         retry.extendleft(reversed(ids))
         in_flight -= len(ids)
-        busy_s -= pod.finish - pod.started
         counters["released"] += len(ids)
-        pod.busy = False
+
+    def release(pod: _Pod) -> None:
+        """The agent gives the call's messages back (visible again at once) and the call is abandoned."""
+        nonlocal busy_s
+        give_back(pod.batch)
+        busy_s -= pod.finish - pod.started
+        pod.busy, pod.batch = False, []
+
+    def release_buffer(pod: _Pod) -> None:
+        """Warm shutdown: the agent stops receiving and releases what it buffered."""
+        unroom(pod)
+        if pod.buf:
+            give_back(pod.buf)
+            pod.buf = []
+
+    def dispatch(t: float) -> None:
+        """Visible messages go to idle pods, then to agents with room to prefetch."""
+        while (retry or i_adm > taken) and idle:
+            start_batch(idle.pop(), t)
+        while (retry or i_adm > taken) and roomy:
+            fill(roomy[-1])
 
     def launch_node(t: float, warm: bool = False) -> _Node | None:
         capacity = "spot" if "spot" in plan.capacity_types else "on-demand"
@@ -275,6 +327,7 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
         """SIGTERM: not ready -> gone now; idle -> gone now; busy -> finish within grace or release."""
         if pod in active:
             active.remove(pod)
+        release_buffer(pod)
         if pod.state == "ready" and pod.busy:
             pod.state = "terminating"
             if pod.finish > t + grace:
@@ -300,6 +353,7 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
             victims = sorted(active, key=lambda p: (rank.get(p.state, 3), -p.created))[: n - desired]
             for pod in victims:
                 terminate(pod, t, plan.grace_s)
+            dispatch(t)  # what their agents had buffered goes to the others
 
     keda = plan.autoscaler == "keda"
     scaler: Any
@@ -329,6 +383,9 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
                 t = arr[i_adm]
                 i_adm += 1
                 start_batch(idle.pop(), t)
+            elif roomy:
+                i_adm += 1
+                fill(roomy[-1])
             else:
                 i_adm = bisect_right(arr, t_ev, i_adm)
             continue
@@ -339,16 +396,12 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
             pod = obj
             if not pod.busy or pod.finish != t or pod.state == "gone":
                 continue  # released or killed before it finished
-            k = pod.k_main + len(pod.retried)
-            if pod.k_main == 1:
-                finish[pod.lo] = t
-            elif pod.k_main:
-                finish[pod.lo:pod.lo + pod.k_main] = t
-            for i in pod.retried:
+            ids = pod.batch
+            for i in ids:
                 finish[i] = t
-            in_flight -= k
-            done += k
-            pod.busy = False
+            in_flight -= len(ids)
+            done += len(ids)
+            pod.busy, pod.batch = False, []
             if pod.state == "terminating":
                 remove(pod, t)
             else:
@@ -403,25 +456,25 @@ def run(plan: Plan, arrivals: np.ndarray, duration_s: float, seed: int = 0) -> d
                     terminate(pod, t, grace)
                     if replace:
                         new_pod(t)  # the ReplicaSet replaces the evicted pod at once
+            dispatch(t)
             push(t + plan.spot_notice_s, KILL, node)
         elif kind == KILL:
             node = obj
             for pod in list(node.pods):
+                release_buffer(pod)
                 if pod.busy:
                     release(pod)
                 remove(pod, t)
             node.pods.clear()
             node.ended = t
             live.remove(node)
-            while idle and retry:
-                start_batch(idle.pop(), t)
+            dispatch(t)
         elif kind == GRACE_END:
             pod = obj
             if pod.state == "terminating" and pod.busy:
                 release(pod)
                 remove(pod, t)
-                while idle and retry:
-                    start_batch(idle.pop(), t)
+                dispatch(t)
         elif kind == RETRY_LAUNCH:
             pods, waiting_for_capacity[:] = list(waiting_for_capacity), []
             for pod in pods:

@@ -93,7 +93,7 @@ def sagemaker_plan(ml_instance: str, model: str, *, target_backlog_per_instance:
     scaling = ScalingSettings(min_replicas=min_instances, max_replicas=max_instances)
     return Plan(scaling=scaling, service=curve, max_batch=max_batch, gpus_per_node=1, node_ready_s=float(row["start_s"]),
                 image_pull_s=0.0, model_load_s=0.0, price_per_hour={"spot": price, "on-demand": price},
-                capacity_types=("on-demand",), autoscaler="sagemaker-async",
+                capacity_types=("on-demand",), autoscaler="sagemaker-async", prefetch=False,
                 sagemaker={"target": target_backlog_per_instance, "period_s": 10.0}, consolidate_after_s=0.0,
                 overhead_s=OVERHEAD_S, fixed_usd_per_hour=0.0, per_image_usd=per_image, sqs_request_usd=0.0,
                 label=f"SageMaker async {ml_instance} (backlog/instance {target_backlog_per_instance:g})")

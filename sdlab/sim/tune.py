@@ -3,7 +3,8 @@
 Two stages on the same arrivals (same seed, so differences are the settings' own): every instance type × capacity
 choice with a neutral KEDA setting, then a grid of the KEDA values on the most promising types. Returns every
 evaluated point, the Pareto front of cost per 1,000 images vs p95 latency, and the cheapest point meeting the p95
-target (with every task finished; within 1 % of that cost, the fastest). `write_choice` puts a choice into `sdlab.yaml` keeping its comments.
+target (with every task finished; within 1 % of that cost, the fastest). `write_choice` puts a choice into
+`sdlab.yaml` keeping its comments.
 """
 
 from __future__ import annotations

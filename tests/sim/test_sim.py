@@ -229,3 +229,12 @@ def test_pareto_front_keeps_only_undominated_points():
 
     pts = [pt(1.0, 100), pt(2.0, 50), pt(1.5, 120), pt(3.0, 50), pt(0.5, 10, unfinished=3), pt(4.0, 20)]
     assert [(p.cost, p.p95) for p in pareto(pts)] == [(1.0, 100), (2.0, 50), (4.0, 20)]
+
+
+def test_agent_prefetch_holds_one_more_batch_in_flight():
+    p = _plan(max_replicas=2)
+    with_prefetch = run_plan(p, BURST)
+    without = run_plan(replace(p, prefetch=False), BURST)
+    assert with_prefetch.timeline[:, 2].max() == 4  # 2 pods: one call running + one message buffered each
+    assert without.timeline[:, 2].max() == 2
+    assert with_prefetch.summary()["completed"] == without.summary()["completed"] == 200
