@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="folder for the plot (e.g. docs/img)")
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--max-replicas", type=int, default=2)
-    ap.add_argument("--second-burst-at", type=float, default=30.0, help="seconds; 0: one burst")
+    ap.add_argument("--second-burst-at", type=float, default=50.0, help="seconds; 0: one burst")
     args = ap.parse_args(argv)
     base = {"version": 1, "stack": {"name": "sdlabcal", "region": "us-east-1"},
             "runtimes": [{"name": "cal", "type": "sdwebui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1},
