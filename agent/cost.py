@@ -6,10 +6,12 @@ from pods because the EC2NodeClass sets hop limit 2): `instance-type`, and `inst
 `on-demand`, the same fact Karpenter's capacity-type label records). Explicit variables win
 (SDLAB_AGENT_INSTANCE_TYPE, SDLAB_AGENT_CAPACITY_TYPE), for nodes elsewhere. An agent that talks to the local
 moto server is on a workstation: instance type `local`, priced by `pricing.local_usd_per_hour` in sdlab.yaml.
-Prices of EC2 types come from the package's price table (sdlab/deploy/data/prices.yaml, each row with its source);
-it lists On-Demand prices only, so a Spot node is priced at its On-Demand price and the receipt says so (an upper
-bound). A task's GPU-seconds are its runtime call's span divided among the tasks batched into that call; with two
-calls in flight (a batching runtime), a call's span starts when the previous call ended, so no time counts twice.
+Prices of EC2 types come from the simulator's dated facts table (sdlab/sim/data/facts.yaml, each row with its
+source; refreshed prices from `python -m sdlab.sim.prices` are laid over it through $SDLAB_SIM_PRICES): On-Demand,
+or the typical Spot price for a Spot node (an estimate: the node's own Spot price is not known to it). The price
+of a node is shared by its GPUs; a pod holds one. A task's GPU-seconds are its runtime call's span divided among
+the tasks batched into that call; with two calls in flight (a batching runtime), a call's span starts when the
+previous call ended, so no time counts twice.
 """
 
 from __future__ import annotations
@@ -56,23 +58,26 @@ def imds(base: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_SECONDS) -> tuple[s
     return itype.text.strip(), ("on-demand" if cycle == "on-demand" else cycle)
 
 
-def _ec2_price(instance_type: str, capacity_type: str) -> tuple[int, float | None, str]:
-    from sdlab.deploy.plan import node_price, prices
+def _ec2_price(instance_type: str, capacity_type: str, region: str) -> tuple[int, float | None, str]:
+    """(GPUs, node $/h, source) from the simulator's dated facts table (sdlab/sim/data/facts.yaml)."""
+    from sdlab.errors import ConfigError
+    from sdlab.sim.facts import load_facts
 
-    entry = prices()["instances"].get(instance_type) or {}
-    gpu = str(entry.get("gpu", "1x"))
-    gpus = int(gpu.split("x")[0]) if gpu.split("x")[0].isdigit() else 1
-    price = node_price(instance_type)
-    if price is None:
-        return gpus, None, f"{instance_type} is not in the price table (sdlab/deploy/data/prices.yaml)"
-    source = f"on-demand list price, {prices()['region']} ({prices()['sources'].get(entry.get('source'), entry.get('source'))})"
-    if capacity_type == "spot":
-        source = "spot node priced at its " + source + "; an upper bound"
-    return gpus, price, source
+    facts = load_facts()
+    row = facts.instance_types.get(instance_type)
+    if row is None:
+        return 1, None, f"{instance_type} is not in the price table (sdlab/sim/data/facts.yaml)"
+    kind = "spot" if capacity_type == "spot" else "on-demand"
+    try:
+        price = row.price(kind, region)
+    except ConfigError:
+        return row.gpus, None, f"no {kind} price for {instance_type} in {region} (sdlab/sim/data/facts.yaml)"
+    typical = " (typical Spot price, not this node's)" if kind == "spot" else ""
+    return row.gpus, price, f"{kind} {region} price{typical}, facts table prices as of {facts.prices_as_of}: {row.source}"
 
 
 def detect(instance_type: str | None = None, capacity_type: str | None = None, *, local: bool = False,
-           local_usd_per_hour: float = 0.0, imds_base: str = IMDS_URL) -> Node:
+           local_usd_per_hour: float = 0.0, region: str = "us-east-1", imds_base: str = IMDS_URL) -> Node:
     """The node this agent runs on, with its price: explicit values, else `local`, else IMDSv2, else unknown."""
     itype, ctype = instance_type, capacity_type
     if not itype and local:
@@ -85,7 +90,7 @@ def detect(instance_type: str | None = None, capacity_type: str | None = None, *
         return Node("local", "local", 1, local_usd_per_hour, "pricing.local_usd_per_hour in sdlab.yaml")
     if itype == "unknown":
         return Node(itype, ctype, 1, None, f"node unknown: not on EC2 and {envvars.AGENT_INSTANCE_TYPE} unset")
-    gpus, price, source = _ec2_price(itype, ctype)
+    gpus, price, source = _ec2_price(itype, ctype, region)
     return Node(itype, ctype, gpus, price, source)
 
 

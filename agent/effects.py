@@ -53,7 +53,7 @@ class Effects:
         self.settings = settings
         self.clients = clients
         self.node = cost.detect(settings.instance_type, settings.capacity_type, local=bool(settings.target.endpoint_url),
-                                local_usd_per_hour=settings.local_usd_per_hour)
+                                local_usd_per_hour=settings.local_usd_per_hour, region=settings.target.region)
         log.info("cost receipts: node %s (%s) at %s $/GPU-h (%s)", self.node.instance_type, self.node.capacity_type,
                  self.node.usd_per_gpu_hour, self.node.price_source)
 

@@ -12,14 +12,14 @@ from PIL import Image
 from sdlab import envvars
 
 pytestmark = pytest.mark.faults
-G6_XLARGE_USD_PER_HOUR = 0.8048  # sdlab/deploy/data/prices.yaml
+G6_XLARGE_SPOT_USD_PER_HOUR = 0.43  # sdlab/sim/data/facts.yaml, us-east-1
 
 
 def test_progress_running_event_receipt_and_usage(faultstack):
     fs = faultstack
     fs.start_runtime("rt-a")
     # as on EKS, where the agent learns its node from IMDSv2; here the node is named explicitly
-    fs.start_agent("rt-a", **{envvars.AGENT_INSTANCE_TYPE: "g6.xlarge", envvars.AGENT_CAPACITY_TYPE: "on-demand"})
+    fs.start_agent("rt-a", **{envvars.AGENT_INSTANCE_TYPE: "g6.xlarge", envvars.AGENT_CAPACITY_TYPE: "spot"})
     submitted_at = time.time()
     slow = fs.submit("rt-a", "fault:slow3.5:progress", notify_events=["running", "completed"], preview=True,
                      payload={"steps": 20})
@@ -43,12 +43,12 @@ def test_progress_running_event_receipt_and_usage(faultstack):
     assert Image.open(io.BytesIO(png)).format == "PNG" and max(Image.open(io.BytesIO(png)).size) <= 256
 
     receipt = record["receipt"]
-    assert receipt["instance_type"] == "g6.xlarge" and receipt["capacity_type"] == "on-demand"
+    assert receipt["instance_type"] == "g6.xlarge" and receipt["capacity_type"] == "spot"
     assert receipt["runtime"] == "rt-a" and receipt["batch"] == 1
     assert receipt["gpu_s"] == pytest.approx(record["run_s"], abs=0.002) and receipt["gpu_s"] >= 3.5
-    assert receipt["usd_per_hour"] == G6_XLARGE_USD_PER_HOUR
-    assert receipt["cost_usd"] == pytest.approx(receipt["gpu_s"] * G6_XLARGE_USD_PER_HOUR / 3600, rel=1e-4)
-    assert "on-demand list price" in receipt["price_source"]
+    assert receipt["usd_per_hour"] == G6_XLARGE_SPOT_USD_PER_HOUR
+    assert receipt["cost_usd"] == pytest.approx(receipt["gpu_s"] * G6_XLARGE_SPOT_USD_PER_HOUR / 3600, rel=1e-4)
+    assert receipt["price_source"].startswith("spot us-east-1 price (typical Spot price")
     assert record["api_key_id"] == "key-" + hashlib.sha256(fs.api_key.encode()).hexdigest()[:16]
     assert fs.api_key not in str(record)
 
