@@ -432,8 +432,8 @@ def route(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
             return cancel_task(match["id"], settings)
         return error(405, "method_not_allowed", f"{method} is not allowed on /v1/tasks/{{id}}; use GET or DELETE",
                      headers={"Allow": "GET, DELETE"})
-    return error(404, "not_found", f"no route {path}; the API serves /v1/tasks, /v1/tasks/{{id}}, /v1/usage, "
-                 "/v1alpha2 and /v1alpha1")
+    return error(404, "not_found", f"no route {path}; the API serves /v1/tasks and /v1/tasks/{{id}}, "
+                 "plus /v1/usage and the guidance's /v1alpha2 and /v1alpha1")
 
 
 def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
