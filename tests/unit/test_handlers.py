@@ -85,3 +85,30 @@ def test_handler_get_unknown_and_bad_ids(api):
     assert out["statusCode"] == 404
     out = handlers.handler(event("apigw_get_task.json", path="/v1/tasks/..%2F..%2Fetc"), None)
     assert out["statusCode"] == 400 and json.loads(out["body"])["error"]["field"] == "id"
+
+
+def test_v1alpha1_goes_to_the_runtime_with_its_model_else_to_the_configured_one(api, monkeypatch):
+    from sdlab import envvars
+    from sdlab.config import parse_config
+    from sdlab.errors import ConfigError
+    from tests.conftest import TEST_CONFIG
+
+    resources, target = api
+
+    def v1alpha1(task_id: str, model: str) -> dict:
+        body = {"alwayson_scripts": {"task": "text-to-image", "sd_model_checkpoint": model, "id_task": task_id,
+                                     "save_dir": "outputs"}, "prompt": "a dog", "steps": 4, "width": 64, "height": 64}
+        return event("apigw_submit_txt2img.json", path="/v1alpha1", body=json.dumps(body))
+
+    out = handlers.handler(v1alpha1("legacy-1", "tiny-b.safetensors [0123abcd]"), None)
+    assert out["statusCode"] == 200 and json.loads(out["body"])["runtime"] == "rt-b"
+    out = handlers.handler(v1alpha1("legacy-2", "v2-1_768-ema-pruned.safetensors"), None)
+    assert out["statusCode"] == 404 and "tiny-a" in json.loads(out["body"])["error"]["message"]
+
+    monkeypatch.setenv(envvars.V1ALPHA1_RUNTIME, "rt-a")  # compat.v1alpha1_runtime in sdlab.yaml
+    handlers._settings.cache_clear()
+    out = handlers.handler(v1alpha1("legacy-3", "v2-1_768-ema-pruned.safetensors"), None)
+    assert out["statusCode"] == 200 and json.loads(out["body"])["runtime"] == "rt-a"
+    assert queued(target, resources.queues["rt-a"].url) == 1 and queued(target, resources.queues["rt-b"].url) == 1
+    with pytest.raises(ConfigError, match="v1alpha1_runtime 'rt-c' is not an sdwebui or diffusers runtime"):
+        parse_config({**TEST_CONFIG, "compat": {"v1alpha1_runtime": "rt-c"}})
