@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.client import Client
+from sdlab.shapes import example_prompts
 
-PROMPTS = (
-    "a lighthouse on a cliff at dusk, oil painting",
-    "a red fox in fresh snow, photograph",
-    "a bowl of ramen, studio lighting",
-)
+# In the default model's domain (docs/model.md): flat shapes, colours, counts, sizes, backgrounds.
+PROMPTS = tuple(example_prompts()[:3])
 
 
 @dataclass
@@ -41,7 +39,7 @@ def request_for(runtime_type: str, model: str | None, prompt: str, *, seed: int,
 
 
 def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequence[str], out_dir: Path, *,
-             per_runtime: int = 3, size: int = 256, steps: int = 20, timeout: float = 300.0) -> list[DemoRow]:
+             per_runtime: int = 3, size: int = 128, steps: int = 20, timeout: float = 300.0) -> list[DemoRow]:
     """Submit `per_runtime` prompts to each runtime, wait for all notifications, save the PNGs.
 
     `runtimes`: the stack's runtimes (`stack.json`: name -> {"type", "model", ...}); a bare list of names
