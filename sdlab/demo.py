@@ -15,7 +15,7 @@ from sdlab.client import Client
 from sdlab.shapes import example_prompts
 
 # In the default model's domain (docs/model.md): flat shapes, colours, counts, sizes, backgrounds.
-PROMPTS = tuple(example_prompts()[:3])
+PROMPTS = tuple(example_prompts())
 
 
 @dataclass
@@ -47,9 +47,10 @@ def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequenc
     """
     specs = runtimes if isinstance(runtimes, Mapping) else {name: {"type": "sdwebui"} for name in runtimes}
     submitted = []
-    for runtime, spec in specs.items():
-        for i in range(per_runtime):
-            request = request_for(spec.get("type", "sdwebui"), spec.get("model"), PROMPTS[i % len(PROMPTS)],
+    for r, (runtime, spec) in enumerate(specs.items()):
+        for i in range(per_runtime):  # each runtime its own prompts, so routing shows in the pictures
+            prompt = PROMPTS[(r * per_runtime + i) % len(PROMPTS)]
+            request = request_for(spec.get("type", "sdwebui"), spec.get("model"), prompt,
                                   seed=1000 + i, size=size, steps=steps)
             submitted.append(client.submit(runtime, **request))
     notes = client.wait([s.id for s in submitted], timeout=timeout)
