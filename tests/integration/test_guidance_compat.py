@@ -109,7 +109,8 @@ def test_guidance_requests_run_end_to_end(stack, client, cat):
         progress = record.get("progress")
         print(f"{task_id}: run {record['run_s']:.2f} s, gpu {record['receipt']['gpu_s']:.2f} s, progress {progress}")
         if record["run_s"] >= 2.0 and "extra" not in task_id:  # polled every 0.5 s (ComfyUI: pushed), written <= 1/s
-            assert progress and 0 < progress["fraction"] <= 1 and 0 < progress["steps"] <= 20, record  # i2i: steps x denoising strength
+            # steps: the request's (i2i: times the denoising strength)
+            assert progress and 0 < progress["fraction"] <= 1 and 0 < progress["steps"] <= 20, record
     sizes = {task_id: client.images(note)[0].size for task_id, note in notes.items()}
     assert sizes[f"test-extra-{run}"] == (256, 256)  # 128 px cat, upscaled x2
     assert all(size == (512, 512) for task_id, size in sizes.items() if "extra" not in task_id)
