@@ -35,6 +35,7 @@ class AgentSettings:
     log_level: str = "INFO"
     input_buckets: tuple[str, ...] = ()  # besides `bucket`, where s3:// input images may come from
     workflow_prefix: str = "workflows"  # named ComfyUI workflow templates: s3://<bucket>/<prefix>/<name>.json
+    output_prefix: str = "outputs"  # every task's prefix must lie under it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> AgentSettings:
@@ -80,5 +81,6 @@ class AgentSettings:
             health_host=env.get(envvars.AGENT_HEALTH_HOST, "127.0.0.1"),
             input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
             workflow_prefix=env.get(envvars.WORKFLOW_PREFIX) or "workflows",
+            output_prefix=env.get(envvars.OUTPUT_PREFIX) or "outputs",
             **parsed,  # type: ignore[arg-type]
         )

@@ -142,6 +142,9 @@ class RuntimeSettings(_Strict):
         return value
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 class StackSettings(_Strict):
     """Names shared by every resource of one stack."""
 
@@ -152,7 +155,8 @@ class StackSettings(_Strict):
     model_prefix: str = "models"
     workflow_prefix: str = "workflows"
     input_buckets: tuple[str, ...] = Field(
-        (), description="buckets init images may be read from (s3:// URIs); the stack's own bucket is always allowed")
+        (), description="bare names of the buckets s3:// input images may come from besides the stack's own bucket "
+                        "(`s3://name` is accepted and stored as `name`); the agent may read any object in them")
 
     @field_validator("name")
     @classmethod
@@ -160,6 +164,21 @@ class StackSettings(_Strict):
         if not _NAME_RE.match(value):
             raise ValueError(f"{value!r}: use 2-40 lowercase letters, digits and '-', starting with a letter")
         return value
+
+    @field_validator("input_buckets")
+    @classmethod
+    def _bare_bucket_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """One format everywhere (config, IAM, API, agent): bare bucket names; `s3://name` is normalised."""
+        out = []
+        for item in value:
+            name = item.removeprefix("s3://").rstrip("/")
+            if "/" in name:
+                raise ValueError(f"{item!r}: give a bucket name (`{name.split('/')[0]}`); input buckets are allowed whole, "
+                                 "not by prefix")
+            if not _BUCKET_RE.fullmatch(name):
+                raise ValueError(f"{item!r}: not a valid S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+            out.append(name)
+        return tuple(dict.fromkeys(out))
 
     @field_validator("output_prefix", "model_prefix", "workflow_prefix")
     @classmethod

@@ -44,6 +44,7 @@ def agent_environment(runtime: RuntimeSettings, resources: StackResources, targe
     """Environment of one runtime's queue agent (`stack`: input bucket allow-list and workflow prefix)."""
     queue = resources.queues[runtime.name]
     input_buckets, workflow_prefix = (stack.input_buckets, stack.workflow_prefix) if stack else ((), "workflows")
+    output = stack.output_prefix if stack else "outputs"
     return {
         **target.env(),
         envvars.AGENT_RUNTIME_NAME: runtime.name,
@@ -61,4 +62,5 @@ def agent_environment(runtime: RuntimeSettings, resources: StackResources, targe
         envvars.AGENT_HEALTH_PORT: str(health_port),
         envvars.INPUT_BUCKETS: ",".join(input_buckets),
         envvars.WORKFLOW_PREFIX: workflow_prefix,
+        envvars.OUTPUT_PREFIX: output,
     }

@@ -29,6 +29,7 @@ from sdlab.contracts import (
     TaskStatus,
     Timings,
     check_task_id,
+    check_task_prefix,
     image_key,
     new_task_id,
     output_prefix,
@@ -145,11 +146,15 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
         return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
     validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits,
                                 input_buckets=settings.allowed_input_buckets)
+    prefix = request.prefix or settings.output_prefix
+    try:
+        check_task_prefix(prefix, settings.output_prefix)
+    except ValueError as err:
+        raise ValidationError("prefix", str(err)) from err
 
     # 1. the record first: a message must never exist for a task the status API cannot find
     store, sns, _ = _clients(settings)
     task_id = request.id or new_task_id()
-    prefix = request.prefix or settings.output_prefix
     now = time.time()
     location = f"s3://{settings.bucket}/{output_prefix(prefix, task_id)}"
     try:
