@@ -137,10 +137,10 @@ def _base_url(event: Mapping[str, Any], settings: ApiSettings) -> str:
 
 def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     """Validate, record as `queued`, publish with the `runtime` attribute, answer 202."""
-    body = event.get("body")
-    if event.get("isBase64Encoded") and body:
-        body = base64.b64decode(body)
-    data = validation.parse_body(body, _header(event, "Content-Type"), settings.limits)
+    raw = event.get("body")
+    if event.get("isBase64Encoded") and raw:
+        raw = base64.b64decode(raw)
+    data = validation.parse_body(raw, _header(event, "Content-Type"), settings.limits)
     request = validation.parse_request(data)
     if request.runtime not in settings.runtimes:
         return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
@@ -152,10 +152,21 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     except ValueError as err:
         raise ValidationError("prefix", str(err)) from err
 
-    # 1. the record first: a message must never exist for a task the status API cannot find
-    store, sns, _ = _clients(settings)
+    # 1. the message that would be published, measured as SNS measures it
     task_id = request.id or new_task_id()
     now = time.time()
+    message = TaskMessage(
+        id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
+        payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
+        callback_url=request.callback_url,
+    )
+    body = message.model_dump_json(exclude_none=True)
+    attributes = {"runtime": {"DataType": "String", "StringValue": request.runtime},
+                  "priority": {"DataType": "String", "StringValue": request.priority}}
+    validation.check_message_size(body, attributes, settings.limits)
+
+    # 2. the record first: a message must never exist for a task the status API cannot find
+    store, sns, _ = _clients(settings)
     location = f"s3://{settings.bucket}/{output_prefix(prefix, task_id)}"
     try:
         store.create({
@@ -166,21 +177,9 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     except TaskExists:
         return error(409, "task_exists", f"a task with id {task_id!r} was already submitted; omit `id` or choose a new one", "id")
 
-    # 2. publish; if that fails nothing was accepted, so the record goes too
-    message = TaskMessage(
-        id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
-        payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
-        callback_url=request.callback_url,
-    )
+    # 3. publish; if that fails nothing was accepted, so the record goes too
     try:
-        sns.publish(
-            TopicArn=settings.tasks_topic_arn,
-            Message=message.model_dump_json(exclude_none=True),
-            MessageAttributes={
-                "runtime": {"DataType": "String", "StringValue": request.runtime},
-                "priority": {"DataType": "String", "StringValue": request.priority},
-            },
-        )
+        sns.publish(TopicArn=settings.tasks_topic_arn, Message=body, MessageAttributes=attributes)
     except Exception:  # any publish failure: undo and tell the client to retry
         log.exception("publish failed for task %s", task_id)
         store.delete(task_id)
