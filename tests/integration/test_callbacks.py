@@ -86,7 +86,8 @@ def test_callbacks_queue_parks_what_is_not_a_notification_in_its_dlq(stack):
     sqs = aws_client("sqs", AwsTarget(stack["region"], stack["aws_endpoint_url"]))
     queue = sqs.get_queue_url(QueueName=f"{stack['stack']}-callbacks")["QueueUrl"]
     dlq = sqs.get_queue_url(QueueName=f"{stack['stack']}-callbacks-dlq")["QueueUrl"]
-    redrive = json.loads(sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
+    attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"].endswith(f"{stack['stack']}-callbacks-dlq")
     marker = f"not-json-{uuid.uuid4().hex}"
     sqs.send_message(QueueUrl=queue, MessageBody=marker)
