@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    """Request limits enforced at the API; anything larger is refused with 400."""
+    """Request limits enforced at the API: 400 above a payload limit, 413 above `max_request_bytes`."""
 
     max_steps: int = Field(150, ge=1, le=1000)
     max_side_px: int = Field(2048, ge=64)

@@ -1,7 +1,7 @@
 """The wire contracts, defined once: submit request, queue message, task record, notification, output keys.
 
 Light on purpose (pydantic only): the Lambda handlers, the queue agent and the client all import it.
-`python -m sdlab contracts schema` exports the JSON Schemas; `CONTRACT_VERSION` changes on any breaking change.
+`sdlab contracts` (or `python -m sdlab contracts`) prints the JSON Schemas; `CONTRACT_VERSION` changes on any breaking change.
 """
 
 from __future__ import annotations
