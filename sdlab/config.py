@@ -74,6 +74,22 @@ class BatchSettings(_Strict):
 
     max_batch: int | None = Field(None, ge=1, le=64, description="None: chosen from the card's memory")
     max_wait_ms: int = Field(50, ge=0, le=5000, description="how long the first task waits for company")
+    buckets: tuple[int, ...] | None = Field(
+        None, description="batch sizes compiled ahead (with `optimize: fast`), e.g. [1, 2, 4, 8]; None: the runtime's")
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or any(b < 1 or b > 64 for b in value) or list(value) != sorted(set(value))):
+            raise ValueError(f"{list(value)}: list batch sizes from 1 to 64 in increasing order, each once, e.g. [1, 2, 4, 8]")
+        return value
+
+    @model_validator(mode="after")
+    def _buckets_within_max(self) -> BatchSettings:
+        if self.buckets and self.max_batch is not None and self.buckets[-1] > self.max_batch:
+            raise ValueError(f"buckets go up to {self.buckets[-1]}, above max_batch ({self.max_batch}); "
+                             "drop the larger buckets or raise max_batch")
+        return self
 
 
 class NodeSettings(_Strict):
@@ -129,6 +145,8 @@ class RuntimeSettings(_Strict):
     scaling: ScalingSettings = ScalingSettings()
     nodes: NodeSettings = NodeSettings()
     batch: BatchSettings = BatchSettings()
+    optimize: Literal["off", "fast"] = Field(
+        "off", description="the project's runtime: 'fast' turns on the benchmarked GPU optimisations (docs/benchmarks.md)")
     torch_threads: int | None = Field(None, ge=1, description="local runtime: torch threads (default: cores/runtimes)")
 
     @field_validator("name")

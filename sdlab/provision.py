@@ -272,7 +272,8 @@ def empty_bucket(s3: Any, bucket: str) -> int:
     """Delete every object (and version) in `bucket`; returns how many."""
     count = 0
     for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        versions = page.get("Versions", []) + page.get("DeleteMarkers", [])
+        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in versions]
         for i in range(0, len(objects), 1000):
             s3.delete_objects(Bucket=bucket, Delete={"Objects": objects[i:i + 1000], "Quiet": True})
         count += len(objects)

@@ -112,7 +112,8 @@ def response(status: int, body: Any, headers: Mapping[str, str] | None = None) -
     }
 
 
-def error(status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+def error(status: int, code: str, message: str, field: str | None = None,
+          headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if field:
         body["error"]["field"] = field
@@ -143,7 +144,8 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     data = validation.parse_body(raw, _header(event, "Content-Type"), settings.limits)
     request = validation.parse_request(data)
     if request.runtime not in settings.runtimes:
-        return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
+        return error(404, "unknown_runtime",
+                     f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
     validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits,
                                 input_buckets=settings.allowed_input_buckets)
     prefix = request.prefix or settings.output_prefix
@@ -214,7 +216,8 @@ def list_tasks(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any
     if not runtime:
         raise ValidationError("runtime", f"required; tasks are listed per runtime, one of {sorted(settings.runtimes)}")
     if runtime not in settings.runtimes:
-        return error(404, "unknown_runtime", f"runtime {runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
+        return error(404, "unknown_runtime", f"runtime {runtime!r} does not exist; use one of {sorted(settings.runtimes)}",
+                     "runtime")
     status = query.get("status")
     if status is not None and status not in {s.value for s in TaskStatus}:
         raise ValidationError("status", f"{status!r} is not a status; use one of {[s.value for s in TaskStatus]}")

@@ -157,7 +157,8 @@ def check_task_type(request: SubmitRequest, runtime_type: str) -> None:
     allowed = TASK_TYPES_BY_RUNTIME[runtime_type]
     if request.task_type not in allowed:
         raise ValidationError(
-            "task_type", f"{request.task_type!r} is not served by {runtime_type} runtime {request.runtime!r}; use one of {list(allowed)}"
+            "task_type",
+            f"{request.task_type!r} is not served by {runtime_type} runtime {request.runtime!r}; use one of {list(allowed)}"
         )
 
 
@@ -231,14 +232,17 @@ def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limi
     height = _int(payload, "height", 64, side, 512, "; it must be a multiple of 8")
     for key, value in (("width", width), ("height", height)):
         if value % 8:
-            raise ValidationError(f"payload.{key}", f"{value} is not a multiple of 8; use {value - value % 8} or {value + 8 - value % 8}")
+            raise ValidationError(f"payload.{key}",
+                                  f"{value} is not a multiple of 8; use {value - value % 8} or {value + 8 - value % 8}")
     if width * height > limits.max_pixels:
-        raise ValidationError("payload.width", f"{width}x{height} is over the {limits.max_pixels}-pixel limit; lower width or height")
+        raise ValidationError("payload.width",
+                              f"{width}x{height} is over the {limits.max_pixels}-pixel limit; lower width or height")
     _int(payload, "seed", -1, 2**32 - 1, -1)
     batch = _int(payload, "batch_size", 1, limits.max_images_per_task, 1)
     n_iter = _int(payload, "n_iter", 1, limits.max_images_per_task, 1)
     if batch * n_iter > limits.max_images_per_task:
-        raise ValidationError("payload.batch_size", f"batch_size x n_iter = {batch * n_iter} images; keep it at most {limits.max_images_per_task}")
+        raise ValidationError("payload.batch_size", f"batch_size x n_iter = {batch * n_iter} images; "
+                              f"keep it at most {limits.max_images_per_task}")
     settings = payload.get("override_settings")
     if settings is not None and not isinstance(settings, Mapping):
         raise ValidationError("payload.override_settings", "must be an object, e.g. {\"sd_model_checkpoint\": \"name\"}")

@@ -34,7 +34,7 @@ from sdlab.deploy.names import DeployNames
 from sdlab.local import motoserver
 from sdlab.local.processes import Proc, free_port, http_ok, spawn, stop, wait_until
 from sdlab.provision import provision
-from sdlab.wiring import agent_environment, api_environment, callback_environment
+from sdlab.wiring import Endpoints, agent_environment, api_environment, callback_environment
 from sdlab.workflows import upload_workflows
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,8 @@ class IamStack:
                                            "--seconds-per-image", "0.05"], {}, f"{runtime_urls['rt-f']}/sdapi/v1/options")
         for rt in self.settings.runtimes:
             health = free_port()
-            env = agent_environment(rt, self.resources, self.target, runtime_urls[rt.name], health, self.settings.stack)
+            env = agent_environment(self.settings, rt, Endpoints.of_stack(self.resources, rt.name), self.target,
+                                    runtime_url=runtime_urls[rt.name], health_port=health)
             self._start(f"agent-{rt.name}", f"agent:{rt.name}", ["-m", "agent"], env, f"http://127.0.0.1:{health}/readyz")
 
     def _start(self, name: str, principal: str | None, args: list[str], env: dict[str, str], ready: str | None = None) -> None:
