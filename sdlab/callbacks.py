@@ -23,7 +23,7 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 
 class CallbackRefused(Exception):
-    """The URL may not be called (not https, or it resolves to a private address)."""
+    """The URL may not be called (not https, does not resolve, or resolves to an address that is not global unicast)."""
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Lambda handlers behind API Gateway (REST, proxy integration): `POST /v1/tasks`, `GET /v1/tasks/{id}`.
+"""Lambda handler behind API Gateway (REST, proxy integration): `POST|GET /v1/tasks`, `GET|DELETE /v1/tasks/{id}`.
 
 `handler` is the Lambda entry point (API Gateway `/{proxy+}` ANY → this function). It takes a proxy event and
 returns a proxy response, on AWS and behind the local gateway alike. Settings come from SDLAB_* environment
