@@ -15,6 +15,7 @@ import io
 import json
 import os
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,29 +98,33 @@ class IamStack:
             self.client = Client(self.api_url, self.api_key, self.target, self.resources.bucket,
                                  self.resources.results_topic_arn, "iamtest")
             self.client._ensure_inbox()
-        # 3. the processes, each with its principal's keys
+        # 3. the processes, each with its principal's keys, started together and then awaited
         gateway_env = {**api_environment(self.settings, self.resources, self.target), envvars.API_KEYS: self.api_key,
                        envvars.STATUS_BASE_URL: self.api_url}
-        self._start("gateway", "lambda", ["-m", "sdlab.api.gateway", "--port", str(api_port)], gateway_env,
-                    f"{self.api_url}/_gateway/health")
+        waits = [self._start("gateway", "lambda", ["-m", "sdlab.api.gateway", "--port", str(api_port)], gateway_env,
+                             f"{self.api_url}/_gateway/health")]
         self._start("callbacks", "callbacks", ["-m", "sdlab.api.callbacks"],
                     {**callback_environment(self.resources, self.target, "iam-secret"), envvars.CALLBACK_ALLOW_PRIVATE: "1"})
         fixed_port = free_port()
         runtime_urls = {**runtime_urls, "rt-f": f"http://127.0.0.1:{fixed_port}"}
-        self._start("runtime-rt-f", None, ["-m", "agent.bench.fixed_runtime", "--port", str(fixed_port),
-                                           "--seconds-per-image", "0.05"], {}, f"{runtime_urls['rt-f']}/sdapi/v1/options")
+        waits.append(self._start("runtime-rt-f", None, ["-m", "agent.bench.fixed_runtime", "--port", str(fixed_port),
+                                                        "--seconds-per-image", "0.05"], {},
+                                 f"{runtime_urls['rt-f']}/sdapi/v1/options"))
         for rt in self.settings.runtimes:
             health = free_port()
             env = agent_environment(self.settings, rt, Endpoints.of_stack(self.resources, rt.name), self.target,
                                     runtime_url=runtime_urls[rt.name], health_port=health)
-            self._start(f"agent-{rt.name}", f"agent:{rt.name}", ["-m", "agent"], env, f"http://127.0.0.1:{health}/readyz")
-
-    def _start(self, name: str, principal: str | None, args: list[str], env: dict[str, str], ready: str | None = None) -> None:
-        keys = self.keys[principal] if principal else {}
-        proc, popen = spawn(name, args, {**env, **keys}, self.home / f"{name}.log", ready)
-        self.procs.append(proc)
-        if ready:
+            waits.append(self._start(f"agent-{rt.name}", f"agent:{rt.name}", ["-m", "agent"], env,
+                                     f"http://127.0.0.1:{health}/readyz"))
+        for proc, popen, ready in waits:
             wait_until(http_ok(ready), popen, proc, 60)
+
+    def _start(self, name: str, principal: str | None, args: list[str], env: dict[str, str],
+               ready: str = "") -> tuple[Proc, subprocess.Popen[bytes], str]:
+        keys = self.keys[principal] if principal else {}
+        proc, popen = spawn(name, args, {**env, **keys}, self.home / f"{name}.log", ready or None)
+        self.procs.append(proc)
+        return proc, popen, ready
 
     def log(self, name: str) -> str:
         return (self.home / f"{name}.log").read_text(errors="replace")
