@@ -91,7 +91,7 @@ INVALID = [
     (None, {"runtime": "rt-a", "payload": {}, "extra": 1}, 400, "extra"),
     (None, b"{not json", 400, "body"),
     ({"Content-Type": "text/plain"}, b'{"runtime": "rt-a", "payload": {}}', 415, "Content-Type"),
-    (None, {"runtime": "rt-a", "payload": {"prompt": "x" * 300_000}}, 413, "body"),
+    (None, {"runtime": "rt-a", "context": "x" * 300_000, "payload": {}}, 413, "body"),
 ]
 
 
