@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 RETRY_BASE_SECONDS = 2.0
 RETRY_MAX_SECONDS = 300.0
 MAX_UNFINISHED = 16  # results waiting for their finisher; bounds memory if S3 is slow
+CALLS_IN_FLIGHT = 2  # runtime calls at once for a batching runtime
+FILL_WAIT_SECONDS = 0.005  # while a call runs, the next batch is topped up in steps this long
 FINISH_BACKOFF_SECONDS = 0.5  # first pause between tries of a step after the runtime call, doubling
 
 
@@ -69,6 +71,13 @@ class Worker:
         self.max_batch = 1
         self.receiver = Receiver(settings, self.effects, self.inflight, capacity=1, supervisor=self.supervisor)
         self.sweeper = Sweeper(settings, self.effects, self.supervisor)
+        # A batching runtime gets its next batch while it still encodes the last one's PNGs: two calls in flight keep
+        # its GPU busy between calls (docs/benchmarks.md, end to end). Other runtimes take one call at a time.
+        self.calls = CALLS_IN_FLIGHT if hasattr(runtime, "run_batch") else 1
+        self._call_slots = threading.Semaphore(self.calls)
+        self._caller = ThreadPoolExecutor(max_workers=self.calls, thread_name_prefix="call")
+        self._calls_in_flight = 0
+        self._busy_since = 0.0
         self.finisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._unfinished = threading.Semaphore(MAX_UNFINISHED)
         self.stopping = threading.Event()
@@ -150,11 +159,17 @@ class Worker:
         self.sweeper.start()
         try:
             while not self.stopping.is_set():
+                if not self._call_slots.acquire(timeout=0.2):
+                    continue
                 jobs = self._next_jobs()
-                if jobs:
-                    self._run(jobs)
-                elif burst and self.receiver.idle.is_set() and len(self.inflight) == 0:
-                    break
+                if jobs and self.calls == 1:
+                    self._run_call(jobs)
+                elif jobs:
+                    self._caller.submit(self._run_call, jobs)
+                else:
+                    self._call_slots.release()
+                    if burst and self.receiver.idle.is_set() and len(self.inflight) == 0:
+                        break
                 if max_tasks is not None and self.tasks_done >= max_tasks:
                     break
         finally:
@@ -166,14 +181,23 @@ class Worker:
         if first is None:
             return []
         jobs = [first]
-        while len(jobs) < self.max_batch and (more := self.receiver.take_nowait()) is not None:
-            jobs.append(more)
+        while len(jobs) < self.max_batch and not self.stopping.is_set():
+            more = self.receiver.take_nowait()
+            if more is None:
+                with self._lock:
+                    runtime_busy = self._calls_in_flight > 0
+                if not runtime_busy:
+                    break  # the runtime is idle: a short queue is served now, never held back for company
+                more = self.receiver.take(timeout=FILL_WAIT_SECONDS)  # it is busy anyway: top the batch up
+            if more is not None:
+                jobs.append(more)
         for job in [j for j in jobs if j.cancelled]:
             self._drop_cancelled(job)
         return [j for j in jobs if not j.cancelled]
 
     def _shutdown(self) -> None:
         self.ready.clear()
+        self._caller.shutdown(wait=True)  # calls in flight finish (within the grace period) or are abandoned
         self.receiver.stop()
         for job in self.receiver.drain():  # buffered, never started on the runtime: another agent takes them now
             self.effects.release(job, 0)
@@ -184,14 +208,40 @@ class Worker:
         log.info("agent stopped after %d task(s); runtime busy %.1f%%", self.tasks_done, 100 * self.busy_fraction())
 
     # -- one runtime call -----------------------------------------------------------------------------
+    def _run_call(self, jobs: list[Job]) -> None:
+        try:
+            self._run(jobs)
+        except Exception:  # a bug must not leave the slot taken: the jobs' messages return after their timeout
+            log.exception("runtime call failed unexpectedly")
+        finally:
+            self._call_slots.release()
+
+    def _call_started(self, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._calls_in_flight == 0:
+                self._busy_since = now
+                if self._last_call_end is not None:
+                    self.idle_gaps.append(now - self._last_call_end)
+                    metrics.IDLE_GAP_SECONDS.observe(now - self._last_call_end)
+            self._calls_in_flight += 1
+            self._first_call = self._first_call or now
+            self._running.extend(jobs)
+
+    def _call_ended(self, jobs: list[Job], seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._calls_in_flight -= 1
+            if self._calls_in_flight == 0:  # busy time is the union of the calls' spans
+                self.busy_seconds += now - self._busy_since
+                self._last_call_end = now
+            self._running = [j for j in self._running if j not in jobs]
+        metrics.RUNTIME_BUSY.observe(seconds)
+
     def _run(self, jobs: list[Job]) -> None:
         started = time.time()
         t0 = time.monotonic()
-        if self._last_call_end is not None:
-            self.idle_gaps.append(t0 - self._last_call_end)
-            metrics.IDLE_GAP_SECONDS.observe(t0 - self._last_call_end)
-        with self._lock:
-            self._running = jobs
+        self._call_started(jobs)
         try:
             outcomes = self._call_runtime(jobs)
         except ColdShutdown:
@@ -202,13 +252,7 @@ class Worker:
             self.stopping.set()
             return
         finally:
-            with self._lock:
-                self._running = []
-            t1 = time.monotonic()
-            self.busy_seconds += t1 - t0
-            self._first_call = self._first_call or t0
-            self._last_call_end = t1
-            metrics.RUNTIME_BUSY.observe(t1 - t0)
+            self._call_ended(jobs, time.monotonic() - t0)
         run_s = time.time() - started
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._unfinished.acquire()

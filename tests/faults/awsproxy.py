@@ -54,7 +54,6 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.seen: Counter[str] = Counter()  # every action that reached the proxy
         self.broken: Counter[str] = Counter()  # every action the proxy broke
-        self._http = httpx.Client(timeout=30.0)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,20 +69,26 @@ class FaultProxy:
                     proxy.broken[action] += 1
                     if mode == STALL:
                         time.sleep(STALL_SECONDS)
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
-                    self.connection.close()
+                    try:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
+                    except OSError:
+                        pass
                     return
-                reply = proxy._http.request(self.command, proxy.upstream + self.path, content=body,
-                                            headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
-                self.send_response(reply.status_code)
-                for key, value in reply.headers.items():
-                    if key.lower() not in _HOP and key.lower() != "content-encoding":
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(reply.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(reply.content)
+                try:  # a connection of its own per call: nothing shared between the handler threads
+                    reply = httpx.request(self.command, proxy.upstream + self.path, content=body, timeout=30.0,
+                                          headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
+                    self.send_response(reply.status_code)
+                    for key, value in reply.headers.items():
+                        if key.lower() not in _HOP and key.lower() != "content-encoding":
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(reply.content)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(reply.content)
+                except (OSError, httpx.HTTPError):  # the client gave up first (its read timeout): nothing to answer
+                    self.close_connection = True
 
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -116,7 +121,6 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._http.close()
 
     def fail(self, action: str, mode: str = RESET, seconds: float = 3600.0) -> None:
         """Break every `action` call for `seconds` from now."""

@@ -16,8 +16,8 @@ from .awsproxy import RESET, STALL, FaultProxy
 
 pytestmark = pytest.mark.faults
 
-# botocore gives up fast through the proxy: one retry, 1 s reads
-FAST_AWS = {envvars.AWS_READ_TIMEOUT_SECONDS: "1", envvars.AWS_MAX_ATTEMPTS: "2"}
+# botocore gives up fast through the proxy: one retry, 3 s reads (the proxy stalls 5 s)
+FAST_AWS = {envvars.AWS_READ_TIMEOUT_SECONDS: "3", envvars.AWS_MAX_ATTEMPTS: "2"}  # reads > the 1 s long poll
 
 
 def _notes(fs, task_id):
@@ -106,7 +106,8 @@ def test_agent_killed_on_last_allowed_receive_task_ends_failed_through_the_sweep
     assert record["status"] == "failed" and "redrive" in record["error"], record
     notes = _notes(fs, task)
     assert [n.status.value for n in notes] == ["failed"] and notes[0].error == record["error"]
-    assert any(task in m["Body"] for m in fs.dlq("rt-a"))  # it waits in the DLQ for an operator
+    # it waits in the DLQ for an operator (visible again after each sweep, which holds it for a moment)
+    fs.wait_for(lambda: any(task in m["Body"] for m in fs.dlq("rt-a")), 10, "the message in the DLQ")
 
 
 # -- point 3: supervised threads ---------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def test_receiver_survives_connection_and_read_errors(faultstack, proxy, action,
 def test_heartbeat_survives_read_errors_and_keeps_the_message(faultstack, proxy):
     fs = faultstack
     fs.start_runtime("rt-a")
-    agent = _proxied_agent(fs, proxy)
+    agent = _proxied_agent(fs, proxy, **{envvars.AGENT_RUNTIME_TIMEOUT_SECONDS: "30"})
     task = fs.submit("rt-a", "fault:slow9:long")  # 9 s > the 4 s visibility timeout: the heartbeat must extend it
     fs.wait_status(task, {"running"}, timeout=20)
     proxy.fail("sqs:ChangeMessageVisibility", STALL, seconds=1.5)  # one beat's worth; the next beats get through
@@ -142,11 +143,13 @@ def test_heartbeat_survives_read_errors_and_keeps_the_message(faultstack, proxy)
 def test_a_thread_that_cannot_recover_fails_healthz(faultstack, proxy):
     fs = faultstack
     fs.start_runtime("rt-a")
-    agent = _proxied_agent(fs, proxy, **{envvars.AGENT_UNHEALTHY_AFTER_SECONDS: "3"})
+    agent = _proxied_agent(fs, proxy, **{envvars.AGENT_UNHEALTHY_AFTER_SECONDS: "3",
+                                         envvars.AGENT_SWEEP_INTERVAL_SECONDS: "2"})
     assert _healthz(agent) == 200
     proxy.fail("sqs:ReceiveMessage", RESET)
     fs.wait_for(lambda: _healthz(agent) == 503, 30, "/healthz failing")
     body = httpx.get(f"{agent[0].url}/healthz", timeout=5).text
     assert "receiver" in body and "ConnectionClosedError" in body, body
     proxy.heal()
-    fs.wait_for(lambda: _healthz(agent) == 200, 40, "/healthz healthy again once AWS answers")
+    # each thread's next try comes within its backoff (at most 15 s) and succeeds
+    fs.wait_for(lambda: _healthz(agent) == 200, 45, "/healthz healthy again once AWS answers")
