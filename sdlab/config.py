@@ -187,15 +187,17 @@ class StackSettings(_Strict):
     @classmethod
     def _bare_bucket_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         """One format everywhere (config, IAM, API, agent): bare bucket names; `s3://name` is normalised."""
-        out = []
+        out, problems = [], []
         for item in value:
             name = item.removeprefix("s3://").rstrip("/")
             if "/" in name:
-                raise ValueError(f"{item!r}: give a bucket name (`{name.split('/')[0]}`); input buckets are allowed whole, "
-                                 "not by prefix")
-            if not _BUCKET_RE.fullmatch(name):
-                raise ValueError(f"{item!r}: not a valid S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+                problems.append(f"{item!r}: give a bucket name (`{name.split('/')[0]}`); input buckets are allowed whole, "
+                                "not by prefix")
+            elif not _BUCKET_RE.fullmatch(name):
+                problems.append(f"{item!r}: not a valid S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
             out.append(name)
+        if problems:
+            raise ValueError("; ".join(problems))
         return tuple(dict.fromkeys(out))
 
     @field_validator("output_prefix", "model_prefix", "workflow_prefix")
