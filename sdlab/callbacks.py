@@ -53,12 +53,14 @@ class Destination:
     url: str
     host: str
     port: int
-    address: str
+    address: str  # the first checked address: the one to connect to
+    fallbacks: tuple[str, ...] = ()  # the other checked addresses, tried in order when a connection fails
 
-    def pinned_url(self) -> str:
-        """The URL with the checked address in place of the host name (TLS still verifies `host`)."""
+    def pinned_url(self, address: str | None = None) -> str:
+        """The URL with a checked address in place of the host name (TLS still verifies `host`)."""
         parts = urlsplit(self.url)
-        ip = f"[{self.address}]" if ":" in self.address else self.address
+        address = address or self.address
+        ip = f"[{address}]" if ":" in address else address
         return urlunsplit((parts.scheme, f"{ip}:{self.port}", parts.path or "/", parts.query, ""))
 
     def host_header(self) -> str:
@@ -94,4 +96,5 @@ def check_destination(url: str, *, allow_private: bool = False) -> Destination:
         for address in addresses:
             if not is_public(address):
                 raise CallbackRefused(f"{parts.hostname} resolves to {address}, not a global unicast address")
-    return Destination(url=url, host=parts.hostname, port=port, address=str(addresses[0]))
+    ordered = [str(a) for a in dict.fromkeys(addresses)]
+    return Destination(url=url, host=parts.hostname, port=port, address=ordered[0], fallbacks=tuple(ordered[1:]))

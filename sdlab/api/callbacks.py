@@ -74,7 +74,15 @@ def post(http: httpx.Client, dest: Destination, body: bytes, secret: str) -> Non
     """POST to `dest.address` itself, with the URL's host in `Host` and as the TLS server name (SNI and
     certificate check): the name is never resolved again, so it cannot be re-pointed after the check."""
     headers = {"Host": dest.host_header(), "Content-Type": "application/json", **sign(secret, body)}
-    reply = http.post(dest.pinned_url(), content=body, headers=headers, extensions={"sni_hostname": dest.host})
+    addresses = (dest.address, *dest.fallbacks)
+    for n, address in enumerate(addresses):  # ("localhost": ::1, then 127.0.0.1), all of them checked
+        try:
+            reply = http.post(dest.pinned_url(address), content=body, headers=headers,
+                              extensions={"sni_hostname": dest.host})
+            break
+        except httpx.ConnectError:
+            if n == len(addresses) - 1:
+                raise
     if not 200 <= reply.status_code < 300:
         raise httpx.HTTPStatusError(f"callback answered {reply.status_code}", request=reply.request, response=reply)
 

@@ -91,6 +91,10 @@ def test_callbacks_connect_to_the_checked_address_with_the_original_host_and_sni
         ca.configure_trust(client_context)
         with httpx.Client(verify=client_context, timeout=5) as http:
             post(http, dest, b'{"id": "t1"}', "s3cret")
+            assert seen == {"sni": "hooks.rebind.invalid", "host": f"hooks.rebind.invalid:{port}", "body": b'{"id": "t1"}'}
+            # a name with several checked addresses: the next one is tried when one refuses the connection
+            nobody_there = Destination(url=dest.url, host=dest.host, port=port, address="127.0.0.2", fallbacks=("127.0.0.1",))
+            post(http, nobody_there, b'{"id": "t2"}', "s3cret")
+            assert seen["body"] == b'{"id": "t2"}'
     finally:
         server.shutdown()
-    assert seen == {"sni": "hooks.rebind.invalid", "host": f"hooks.rebind.invalid:{port}", "body": b'{"id": "t1"}'}
