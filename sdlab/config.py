@@ -48,6 +48,33 @@ class QueueSettings(_Strict):
     receive_wait_seconds: int = Field(20, ge=0, le=20)
 
 
+class HpaPolicy(_Strict):
+    """One HPA scaling policy: change by at most `value` pods (or percent) per `period_seconds`."""
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(ge=1)
+    period_seconds: int = Field(ge=1, le=1800)
+
+
+class HpaRules(_Strict):
+    """HPA behaviour in one direction (`advanced.horizontalPodAutoscalerConfig.behavior.scaleUp|scaleDown`).
+
+    `stabilization_window_seconds: None` means Kubernetes' default (scale-up 0 s; for scale-down sdlab renders
+    min(cooldown_seconds, 3600)); `policies: None` means Kubernetes' defaults.
+    """
+
+    stabilization_window_seconds: int | None = Field(None, ge=0, le=3600)
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: tuple[HpaPolicy, ...] | None = None
+
+
+class HpaBehavior(_Strict):
+    """The HPA that KEDA creates: scale-up left to Kubernetes' defaults unless set; scale-down gentle (1 pod a minute)."""
+
+    scale_up: HpaRules | None = Field(None, description="None: not rendered (0 s window; +4 pods or +100 % per 15 s)")
+    scale_down: HpaRules = HpaRules(policies=(HpaPolicy(type="Pods", value=1, period_seconds=60),))
+
+
 class ScalingSettings(_Strict):
     """KEDA ScaledObject values; locally the same formula scales local processes."""
 
@@ -58,6 +85,7 @@ class ScalingSettings(_Strict):
     scale_on_in_flight: bool = True
     polling_interval_seconds: int = Field(15, ge=1)
     cooldown_seconds: int = Field(300, ge=0)
+    hpa: HpaBehavior = HpaBehavior()
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ScalingSettings:

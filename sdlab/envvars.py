@@ -22,6 +22,7 @@ LIMITS = "SDLAB_LIMITS"  # JSON: request limits (see config.Limits)
 CRDS_DIR = "SDLAB_CRDS_DIR"  # folder of the KEDA/Karpenter CRDs used to validate manifests
 STATUS_BASE_URL = "SDLAB_STATUS_BASE_URL"  # public base URL of the API, for status_url
 API_KEYS = "SDLAB_API_KEYS"  # comma-separated keys the local gateway accepts
+SIM_PRICES = "SDLAB_SIM_PRICES"  # JSON written by `python -m sdlab.sim.prices`, laid over the simulator's price table
 
 # callback dispatcher
 CALLBACK_QUEUE_URL = "SDLAB_CALLBACK_QUEUE_URL"
