@@ -49,6 +49,11 @@ RULES: list[tuple[str, str, str]] = [
     (r"sdlab (up|down)\b", "parse", "the session stack is up through the same `sdlab.local.stack.up`; "
                                     "tests/integration/test_up_down.py runs the commands themselves"),
     (r"python -m agent\.bench", "help", "a benchmark (tens of seconds); `--help` proves the module and its entry point"),
+    (r"\s(\.\.\.|…)\s", "parse", "`...` stands for arguments shown on an earlier line"),
+    (r"sdlab tune\b", "parse", "a search over many simulations (~7 s a call); tests/sim/test_sim.py runs `sdlab tune`"),
+    (r"python -m sdlab\.sim\.(calibrate|compare|bench)\b", "help",
+     "runs real processes or many simulations (18-90 s); `--help` proves the module and its options"),
+    (r"python -m sdlab\.sim\.prices\b", "help", "asks the AWS Pricing API (needs AWS credentials)"),
     (r"sdlab submit .*--wait", "session", "waits for a runtime: runs on the session stack, whose runtimes have test "
                                           "names (webui-a → rt-a)"),
 ]
@@ -120,7 +125,12 @@ def fenced_commands() -> list[Command]:
 def sdlab_commands() -> list[Command]:
     inline = [c for path in DOCS for c in _inline_sdlab(path, path.read_text())]
     inline += [c for path, doc in _docstrings() for c in _inline_sdlab(path, doc)]
-    fenced = [c for c in fenced_commands() if re.match(r"(\.venv/bin/)?sdlab ", c.text)]
+    fenced = []
+    for c in fenced_commands():
+        for part in re.split(r"\s(?:&&|\|\||;|\|)\s", c.text):  # each command of a chain
+            if re.match(r"(\.venv/bin/)?sdlab ", part.strip()):
+                # `...` stands for arguments shown earlier: only the names that are there can be checked
+                fenced.append(Command(c.where, part.strip(), fenced=not re.search(r"\s(\.\.\.|…)(\s|$)", part)))
     return fenced + inline
 
 
@@ -218,6 +228,8 @@ def test_docs_shell_commands_run(stack, docs_api, tmp_path):
     env = {**os.environ, **docs_api, envvars.CONFIG: str(ROOT / "sdlab.yaml"), envvars.HOME: stack["home"],
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # commands run in a scratch folder (they write manifests/, outputs/, ...) holding the repository's config
+    (tmp_path / "sdlab.yaml").symlink_to(ROOT / "sdlab.yaml")
     ran, treated, last_id = [], [], None
     for command in fenced_commands():
         action, reason = _rule(command.text)
