@@ -45,8 +45,8 @@ QUEUE = {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait
 CONFIG = {
     "stack": {"name": "iamtest", "region": "us-east-1", "input_buckets": [f"s3://{INPUTS}"]},
     "runtimes": [
-        {"name": "rt-a", "type": "sdwebui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1}, "queue": QUEUE},
-        {"name": "rt-c", "type": "comfyui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1}, "queue": QUEUE},
+        {"name": "rt-a", "type": "sdwebui", "model": {"name": "shapes", "source": "bundled"}, "queue": QUEUE},
+        {"name": "rt-c", "type": "comfyui", "model": {"name": "shapes", "source": "bundled"}, "queue": QUEUE},
         {"name": "rt-f", "type": "sdwebui", "model": {"name": "fixed"}, "queue": QUEUE},  # the cancel race
     ],
 }

@@ -50,6 +50,8 @@ RULES: list[tuple[str, str, str]] = [
                                     "tests/integration/test_up_down.py runs the commands themselves"),
     (r"python -m agent\.bench", "help", "a benchmark (tens of seconds); `--help` proves the module and its entry point"),
     (r"\s(\.\.\.|…)\s", "parse", "`...` stands for arguments shown on an earlier line"),
+    (r"sdlab model train\b", "parse", "trains the model (a GPU, minutes); it would also overwrite the bundled weights"),
+    (r"sdlab model eval\b", "parse", "generates one image per held-out caption (200: over a minute on 2 cores)"),
     (r"sdlab tune\b", "parse", "a search over many simulations (~7 s a call); tests/sim/test_sim.py runs `sdlab tune`"),
     (r"python -m sdlab\.sim\.(calibrate|compare|bench)\b", "help",
      "runs real processes or many simulations (18-90 s); `--help` proves the module and its options"),
@@ -164,7 +166,7 @@ def _names_exist(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("command", sdlab_commands(), ids=lambda c: f"{c.where} {c.text}")
 def test_docs_sdlab_command_parses(command: Command):
-    argv = _argv(command.text.replace("<", "").replace(">", ""))
+    argv = _argv(re.sub(r"[<>\[\]]", "", command.text))  # placeholders <x>, optional parts [--flag v]
     _names_exist(argv)
     if command.fenced:  # a whole command line: it must parse as written
         try:
