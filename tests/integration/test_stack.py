@@ -13,7 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdlab.aws import AwsTarget, client as aws_client
+from sdlab.aws import AwsTarget
+from sdlab.aws import client as aws_client
 
 pytestmark = pytest.mark.integration
 
