@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["anatomy", "api", "autoscale", "cost", "fleet", "form", "friendly", "gallery", "latency", "manifests",
+__all__ = ["anatomy", "api", "autoscale", "cost", "deploy", "fleet", "form", "friendly", "gallery", "latency", "manifests",
            "observe", "progress", "reliability", "session", "tasks", "tuning"]
 
 

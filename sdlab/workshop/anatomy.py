@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +32,14 @@ class Tap:
     subscription_arn: str
 
     @classmethod
-    def open(cls, stack: dict[str, Any]) -> Tap:
+    def open(cls, stack: dict[str, Any], topic: str = "tasks") -> Tap:
+        """A tap on the `tasks` topic (task messages) or the `results` topic (notifications)."""
         target = target_of(stack)
+        topic_arn = stack[f"{topic}_topic_arn"]
         sqs = client("sqs", target)
         url, arn = ensure_queue(sqs, f"{stack['stack']}-tap-{uuid.uuid4().hex[:8]}", {}, stack["stack"])
-        allow_topic_to_send(sqs, url, arn, stack["tasks_topic_arn"])
-        sub = ensure_subscription(client("sns", target), stack["tasks_topic_arn"], arn, None)
+        allow_topic_to_send(sqs, url, arn, topic_arn)
+        sub = ensure_subscription(client("sns", target), topic_arn, arn, None)
         return cls(stack, url, sub)
 
     def take(self, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
@@ -53,6 +56,18 @@ class Tap:
                     attributes = {k: v["StringValue"] for k, v in msg.get("MessageAttributes", {}).items()}
                     return {"body": body, "attributes": attributes}
         raise TimeoutError(f"no message for task {task_id} on the tasks topic within {timeout:.0f} s")
+
+    def counts(self, seconds: float = 3.0) -> Counter[str]:
+        """How many messages arrived per task id, reading (and deleting) for `seconds`."""
+        sqs = client("sqs", target_of(self.stack))
+        seen: Counter[str] = Counter()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            out = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            for msg in out.get("Messages", []):
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=msg["ReceiptHandle"])
+                seen[json.loads(msg["Body"]).get("id", "?")] += 1
+        return seen
 
     def close(self) -> None:
         target = target_of(self.stack)

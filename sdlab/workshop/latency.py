@@ -30,7 +30,7 @@ def run(session: Session, runtime: str, *, tasks: int = 8, size: int = 64, steps
     rows = []
     for task_id in ids:
         r = anatomy.record(session.stack, task_id)
-        submitted, started, finished = float(r["submitted_at"]), float(r["started_at"]), float(r["finished_at"])
+        submitted, started, finished = float(r["created_at"]), float(r["started_at"]), float(r["finished_at"])
         notified = float(r.get("notified_at") or finished)
         rows.append({"task": task_id[:8], "status": r["status"], "queue_wait_s": started - submitted,
                      "run_s": float(r["run_s"]), "agent_s": max(0.0, finished - started - float(r["run_s"])),
