@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdlab.client import Client
 from sdlab.config import Settings, parse_config
 from sdlab.local.autoscaler import pod_processes
 from sdlab.local.stack import up
@@ -41,7 +40,7 @@ def start(settings: Settings, home: str | os.PathLike[str], *, model_cache: str 
         (root / "cache" / "models").symlink_to(Path(model_cache).resolve())
     with UpBar(enabled=progress) as bar:
         stack = up(settings, root, autoscale=True, progress=bar)
-    return Session(stack=stack, home=root.resolve(), started=True, client=Client.from_stack(str(root)))
+    return Session(stack=stack, home=root.resolve(), started=True)
 
 
 def sample(session: Session, runtime: str) -> dict[str, int]:

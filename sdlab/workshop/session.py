@@ -42,7 +42,17 @@ class Session:
     stack: dict[str, Any]
     home: Path
     started: bool  # True when this session started the stack (and so `close` stops it)
-    client: Client
+    _client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        """The API client; after `close` a new one is made while the stack still runs (a form pressed after "Run all")."""
+        if self._client is None:
+            if running(self.home) is None:
+                raise SdlabError(f"the stack in {self.home} is stopped; start it with `make lab` (or `sdlab up`) "
+                                 "and run the notebook's first cells again")
+            self._client = Client.from_stack(str(self.home))
+        return self._client
 
     @property
     def runtimes(self) -> dict[str, dict[str, Any]]:
@@ -58,7 +68,9 @@ class Session:
 
     def close(self) -> list[str]:
         """Delete the client's inbox; stop the stack if this session started it. Returns the processes stopped."""
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         return down(self.home) if self.started else []
 
 
@@ -81,7 +93,7 @@ def open_stack(config: str | os.PathLike[str] | Settings, home: str | os.PathLik
         settings = config if isinstance(config, Settings) else load_config(config)
         with UpBar(enabled=progress) as bar:
             stack = up(settings, root, progress=bar)
-    return Session(stack=stack, home=root, started=started, client=Client.from_stack(str(root)))
+    return Session(stack=stack, home=root, started=started)
 
 
 PACKAGES = ("sdlab", "boto3", "moto", "ipywidgets", "jupyterlab", "papermill", "tqdm", "matplotlib", "pandas", "torch",
