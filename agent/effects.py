@@ -27,6 +27,7 @@ from sdlab.contracts import Notification, TaskMessage, TaskStatus, Timings, imag
 from sdlab.taskstore import TaskStore, TransitionRefused
 
 log = logging.getLogger(__name__)
+UNENDED_ATTRIBUTE = "unended"  # on a DLQ message whose task the agent could not end: the sweeper ends it
 
 
 @dataclass
@@ -65,6 +66,17 @@ class Effects:
     def end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None, error: str | None = None,
             run_s: float | None = None, started_at: float | None = None, attempt: int | None = None) -> bool:
         """Move the task to `status` and notify; False when another writer ended it first (no second notification)."""
+        fields = self.record_end(task, status, images=images, error=error, run_s=run_s, started_at=started_at,
+                                 attempt=attempt)
+        if fields is None:
+            return False
+        self.announce(task, status, fields)
+        return True
+
+    def record_end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None,
+                   error: str | None = None, run_s: float | None = None, started_at: float | None = None,
+                   attempt: int | None = None) -> dict[str, Any] | None:
+        """The conditional terminal write; returns the fields written, or None when another writer ended it first."""
         now = time.time()
         queued_s = max(0.0, (started_at or now) - task.submitted_at)
         fields: dict[str, Any] = {"finished_at": now, "queued_s": round(queued_s, 3)}
@@ -83,14 +95,18 @@ class Effects:
         except TransitionRefused as refused:
             current = refused.current.get("status") if refused.current else None
             log.info("task already %s; no second notification", current, extra={"task_id": task.id})
-            return False
-        self.notify(task, status, images or [], error, Timings(queued_s=fields["queued_s"], run_s=fields.get("run_s")))
-        self._mark_notified(task)
+            return None
         metrics.TASKS.labels(status=status.value).inc()
         metrics.QUEUE_WAIT_SECONDS.observe(queued_s)
         if run_s is not None:
             metrics.RUN_SECONDS.observe(run_s)
-        return True
+        return fields
+
+    def announce(self, task: TaskMessage, status: TaskStatus, fields: dict[str, Any]) -> None:
+        """The notification of an ending `record_end` wrote, then the `notified_at` mark."""
+        self.notify(task, status, fields.get("images") or [], fields.get("error"),
+                    Timings(queued_s=fields.get("queued_s"), run_s=fields.get("run_s")))
+        self._mark_notified(task)
 
     def notify(self, task: TaskMessage, status: TaskStatus, images: list[str], error: str | None, timings: Timings) -> None:
         note = Notification(
@@ -112,21 +128,37 @@ class Effects:
             log.warning("could not mark the task notified; a redelivery would notify again", extra={"task_id": task.id})
 
     # -- messages ----------------------------------------------------------------------------------
+    # Each settles the job under its lock, so the heartbeat can never extend a message after it was let go.
     def delete(self, job: Job) -> None:
-        self.clients.sqs.delete_message(QueueUrl=job.queue_url, ReceiptHandle=job.receipt)
+        with job.lock:
+            if not job.settled:
+                self.clients.sqs.delete_message(QueueUrl=job.queue_url, ReceiptHandle=job.receipt)
+                job.settled = True
 
     def release(self, job: Job, delay_seconds: int = 0) -> None:
         """Make the message visible again after `delay_seconds` (0: at once, for another agent)."""
-        self.clients.sqs.change_message_visibility(QueueUrl=job.queue_url, ReceiptHandle=job.receipt,
-                                                   VisibilityTimeout=max(0, min(delay_seconds, 43200)))
+        with job.lock:
+            if not job.settled:
+                self.clients.sqs.change_message_visibility(QueueUrl=job.queue_url, ReceiptHandle=job.receipt,
+                                                           VisibilityTimeout=max(0, min(delay_seconds, 43200)))
+                job.settled = True
 
-    def to_dlq(self, message: dict[str, Any], queue_url: str, reason: str) -> None:
+    def dead_letter(self, job: Job, reason: str, *, unended: bool = False) -> None:
+        """`to_dlq` for a held job. `unended`: its task could not be ended here; the DLQ sweeper ends it."""
+        with job.lock:
+            if not job.settled:
+                self.to_dlq(job.message, job.queue_url, reason, unended=unended)
+                job.settled = True
+
+    def to_dlq(self, message: dict[str, Any], queue_url: str, reason: str, *, unended: bool = False) -> None:
         """Copy the message to the DLQ with its reason as an attribute, then delete it from its queue."""
         if not self.settings.dlq_url:
             log.error("no DLQ configured; leaving the message to the queue's redrive policy")
             return
         attrs = {k: v for k, v in (message.get("MessageAttributes") or {}).items() if k in ("runtime", "priority")}
         attrs["reason"] = {"DataType": "String", "StringValue": reason[:1000]}
+        if unended:
+            attrs[UNENDED_ATTRIBUTE] = {"DataType": "String", "StringValue": "1"}
         self.clients.sqs.send_message(QueueUrl=self.settings.dlq_url, MessageBody=message["Body"], MessageAttributes=attrs)
         metrics.DLQ_MOVES.inc()
         self.clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

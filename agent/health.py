@@ -1,4 +1,5 @@
-"""Probe and metrics endpoints: `/healthz` (the loop is alive), `/readyz` (runtime ready, not stopping), `/metrics`."""
+"""Probe and metrics endpoints: `/healthz` (every supervised thread alive and recovering, agent/supervise.py),
+`/readyz` (runtime ready, not stopping), `/metrics`."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def serve(worker: Worker, port: int, host: str = "127.0.0.1") -> ThreadingHTTPSe
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path == "/healthz":
-                self._reply(200, b"ok\n")
+            if self.path == "/healthz":  # a supervised thread that cannot recover: let the kubelet restart us
+                problems = worker.healthy()
+                self._reply(503 if problems else 200, ("\n".join(problems) or "ok").encode() + b"\n")
             elif self.path == "/readyz":
                 ok = worker.ready.is_set() and not worker.stopping.is_set()
                 self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from agent.supervise import Supervisor
 from sdlab.contracts import TaskMessage
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ class Job:
     attempt: int
     received_at: float = field(default_factory=time.time)
     cancelled: bool = False
+    # Held until deleted, released or moved to the DLQ; `lock` orders those against the heartbeat's extension, so
+    # an extension can never follow (and undo) a release.
+    settled: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def receipt(self) -> str:
@@ -46,22 +51,24 @@ class Inflight:
     """The set of held jobs, with the heartbeat that keeps their messages invisible."""
 
     def __init__(self, sqs: Any, visibility_timeout_seconds: int, is_cancelled: Callable[[str], bool],
-                 on_cancel: Callable[[Job], None]) -> None:
+                 on_cancel: Callable[[Job], None], supervisor: Supervisor | None = None) -> None:
         self._sqs = sqs
+        self._supervisor = supervisor or Supervisor(unhealthy_after_seconds=float("inf"))
         self._timeout = visibility_timeout_seconds
         self._is_cancelled = is_cancelled
         self._on_cancel = on_cancel
         self._jobs: dict[int, tuple[Job, float]] = {}  # id(job) -> (job, monotonic time of last extension)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._thread = self._supervisor.start("heartbeat", self._beat)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def add(self, job: Job) -> None:
         with self._lock:
@@ -83,37 +90,43 @@ class Inflight:
         # extend at a third of the timeout: two missed beats still leave the message invisible
         every = max(1.0, self._timeout / 3)
         last_cancel_check = 0.0
-        while not self._stop.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                due = [(k, job) for k, (job, last) in self._jobs.items() if now - last >= every]
-            for key, job in due:
-                self._extend(job)
+        pause = 0.5
+        while not self._stop.wait(pause):
+            pause = 0.5
+            try:
+                now = time.monotonic()
                 with self._lock:
-                    if key in self._jobs:
-                        self._jobs[key] = (job, time.monotonic())
-            if now - last_cancel_check >= CANCEL_CHECK_SECONDS:
-                last_cancel_check = now
-                self._check_cancelled()
+                    due = [(k, job) for k, (job, last) in self._jobs.items() if now - last >= every]
+                for key, job in due:
+                    self._extend(job)
+                    with self._lock:
+                        if key in self._jobs:
+                            self._jobs[key] = (job, time.monotonic())
+                if now - last_cancel_check >= CANCEL_CHECK_SECONDS:
+                    last_cancel_check = now
+                    self._check_cancelled()
+            except Exception as err:  # botocore connection/read errors, or a bug: retry soon, never die
+                # a job whose extension failed stays due, so the next round tries it again
+                pause = min(self._supervisor.failed("heartbeat", err), every / 3)
+            else:
+                self._supervisor.ok("heartbeat")
 
     def _extend(self, job: Job) -> None:
-        try:
-            self._sqs.change_message_visibility(QueueUrl=job.queue_url, ReceiptHandle=job.receipt,
-                                                VisibilityTimeout=self._timeout)
-        except ClientError as err:
-            # the receipt is stale (the message was deleted or redelivered elsewhere): nothing left to hold
-            log.warning("visibility extension failed: %s", err.response["Error"]["Code"], extra=job.log_extra)
+        with job.lock:  # a concurrent release/delete either went first (settled: skip) or waits for this call
+            if job.settled:
+                return
+            try:
+                self._sqs.change_message_visibility(QueueUrl=job.queue_url, ReceiptHandle=job.receipt,
+                                                    VisibilityTimeout=self._timeout)
+            except ClientError as err:
+                # the receipt is stale (the message was deleted or redelivered elsewhere): nothing left to hold
+                log.warning("visibility extension failed: %s", err.response["Error"]["Code"], extra=job.log_extra)
 
     def _check_cancelled(self) -> None:
         for job in self.jobs():
             if job.cancelled:
                 continue
-            try:
-                cancelled = self._is_cancelled(job.task.id)
-            except ClientError:
-                log.exception("cancellation check failed", extra=job.log_extra)
-                continue
-            if cancelled:
+            if self._is_cancelled(job.task.id):
                 job.cancelled = True
                 log.info("task cancelled through the API", extra=job.log_extra)
                 self._on_cancel(job)

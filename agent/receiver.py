@@ -16,13 +16,13 @@ import threading
 import time
 from typing import Any
 
-from botocore.exceptions import ClientError
 from pydantic import ValidationError as PydanticValidationError
 
 from agent import metrics
 from agent.effects import Effects
 from agent.jobs import Inflight, Job
 from agent.settings import AgentSettings
+from agent.supervise import Supervisor
 from sdlab.contracts import TaskMessage, TaskStatus
 from sdlab.taskstore import TaskExists, TransitionRefused
 
@@ -33,22 +33,25 @@ AGENT_ENDED = {TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.E
 
 
 class Receiver:
-    def __init__(self, settings: AgentSettings, effects: Effects, inflight: Inflight, capacity: int) -> None:
+    def __init__(self, settings: AgentSettings, effects: Effects, inflight: Inflight, capacity: int,
+                 supervisor: Supervisor | None = None) -> None:
         self.settings = settings
+        self.supervisor = supervisor or Supervisor(unhealthy_after_seconds=float("inf"))
         self.effects = effects
         self.inflight = inflight
         self.buffer: queue.Queue[Job] = queue.Queue()
         self.slots = threading.Semaphore(capacity)
         self.stopping = threading.Event()
         self.idle = threading.Event()  # set after a poll of every queue came back empty
-        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._thread = self.supervisor.start("receiver", self._run)
 
     def stop(self, timeout: float = MAX_POLL_SECONDS + 2) -> None:
         self.stopping.set()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def take(self, timeout: float) -> Job | None:
         """The next buffered job (frees its slot), or None after `timeout`."""
@@ -79,15 +82,21 @@ class Receiver:
                 free += 1
             try:
                 messages = self._receive(free)
-            except ClientError:
-                log.exception("receive failed; retrying in 2 s")
-                messages = []
-                self.stopping.wait(2.0)
+            except Exception as err:  # AWS errors, botocore connection/read errors, a bug: back off, retry
+                for _ in range(free):
+                    self.slots.release()
+                self.stopping.wait(self.supervisor.failed("receiver", err))
+                continue
+            self.supervisor.ok("receiver")
             for _ in range(free - len(messages)):
                 self.slots.release()
             self.idle.clear() if messages else self.idle.set()
             for queue_url, message in messages:
-                job = self._admit(queue_url, message)
+                try:
+                    job = self._admit(queue_url, message)
+                except Exception as err:  # the message returns after its visibility timeout
+                    self.supervisor.failed("receiver", err)
+                    job = None
                 if job is None:
                     self.slots.release()
                 else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sdlab import envvars
 from sdlab.aws import AwsTarget
@@ -28,8 +29,12 @@ class AgentSettings:
     max_receive_count: int = 3
     runtime_timeout_seconds: float = 600.0
     runtime_ready_timeout_seconds: float = 600.0
-    grace_seconds: float = 25.0  # warm shutdown budget: a little under the pod's terminationGracePeriodSeconds
-    max_batch: int = 1  # messages handed to the runtime at once (>1 only for batching runtimes)
+    grace_seconds: float = 165.0  # warm shutdown budget (sdlab.wiring.timing): the running task, then finishing it
+    max_batch: int | None = None  # messages handed to a batching runtime at once; None: what the runtime says it holds
+    output_prefix: str = "outputs"  # every task's outputs live under it
+    unhealthy_after_seconds: float = 120.0  # a thread failing this long without a success fails /healthz
+    sweep_interval_seconds: float = 30.0  # how often the DLQ sweeper ends the tasks of dead-lettered messages
+    finish_attempts: int = 4  # tries of each step after the runtime call (store, end, notify) before giving up
     health_port: int = 0
     health_host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -57,8 +62,11 @@ class AgentSettings:
             "grace_seconds": (envvars.AGENT_GRACE_SECONDS, float),
             "max_batch": (envvars.AGENT_MAX_BATCH, int),
             "runtime_ready_timeout_seconds": (envvars.AGENT_RUNTIME_READY_TIMEOUT_SECONDS, float),
+            "unhealthy_after_seconds": (envvars.AGENT_UNHEALTHY_AFTER_SECONDS, float),
+            "sweep_interval_seconds": (envvars.AGENT_SWEEP_INTERVAL_SECONDS, float),
+            "finish_attempts": (envvars.AGENT_FINISH_ATTEMPTS, int),
         }
-        parsed: dict[str, object] = {}
+        parsed: dict[str, Any] = {}
         for field, (name, kind) in numbers.items():
             if env.get(name):
                 try:
@@ -71,14 +79,15 @@ class AgentSettings:
         if problems:
             raise ConfigError(problems, "queue agent environment")
         return cls(
-            **{field: env[name] for field, name in required.items()},
+            **{field: env[name] for field, name in required.items()},  # type: ignore[arg-type]  # the str fields
             runtime_type=runtime_type,
             dlq_url=env.get(envvars.AGENT_DLQ_URL) or None,
             high_queue_url=env.get(envvars.AGENT_HIGH_QUEUE_URL) or None,
-            target=AwsTarget.from_env(),
+            target=AwsTarget.from_env(env=env),
             log_level=env.get(envvars.AGENT_LOG_LEVEL, "INFO"),
             health_host=env.get(envvars.AGENT_HEALTH_HOST, "127.0.0.1"),
             input_buckets=tuple(b.strip() for b in env.get(envvars.INPUT_BUCKETS, "").split(",") if b.strip()),
             workflow_prefix=env.get(envvars.WORKFLOW_PREFIX) or "workflows",
-            **parsed,  # type: ignore[arg-type]
+            output_prefix=env.get(envvars.OUTPUT_PREFIX) or "outputs",
+            **parsed,
         )

@@ -6,6 +6,7 @@ Every AWS call in the project goes through `client()`, so the endpoint comes fro
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,12 @@ from sdlab import envvars
 
 # moto accepts any credentials; these are not secrets, they only keep botocore from looking for real ones.
 _LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-_RETRIES = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+
+
+def _config() -> Config:
+    """Timeouts and retries: botocore's standard mode, 5 attempts, 30 s reads, unless the environment says otherwise."""
+    return Config(retries={"max_attempts": int(os.environ.get(envvars.AWS_MAX_ATTEMPTS) or 5), "mode": "standard"},
+                  connect_timeout=5, read_timeout=float(os.environ.get(envvars.AWS_READ_TIMEOUT_SECONDS) or 30))
 
 
 @dataclass(frozen=True)
@@ -27,10 +33,12 @@ class AwsTarget:
     endpoint_url: str | None = None
 
     @classmethod
-    def from_env(cls, region: str | None = None, endpoint_url: str | None = None) -> AwsTarget:
+    def from_env(cls, region: str | None = None, endpoint_url: str | None = None,
+                 env: Mapping[str, str] | None = None) -> AwsTarget:
+        env = os.environ if env is None else env
         return cls(
-            region=region or os.environ.get(envvars.REGION) or os.environ.get("AWS_REGION") or "us-east-1",
-            endpoint_url=endpoint_url or os.environ.get(envvars.AWS_ENDPOINT_URL) or None,
+            region=region or env.get(envvars.REGION) or env.get("AWS_REGION") or "us-east-1",
+            endpoint_url=endpoint_url or env.get(envvars.AWS_ENDPOINT_URL) or None,
         )
 
     @property
@@ -50,4 +58,4 @@ def client(service: str, target: AwsTarget, **kwargs: Any) -> Any:
     extra: dict[str, Any] = {}
     if target.endpoint_url:
         extra = {"endpoint_url": target.endpoint_url, **_LOCAL_CREDENTIALS}
-    return boto3.session.Session().client(service, region_name=target.region, config=_RETRIES, **extra, **kwargs)
+    return boto3.session.Session().client(service, region_name=target.region, config=_config(), **extra, **kwargs)

@@ -1,4 +1,4 @@
-"""The `sdlab` command: up, down, status, submit, demo, model build, config, contracts, k8s."""
+"""The `sdlab` command: up, down, status, submit, demo, model build, config, contracts, k8s, sim, tune."""
 
 from __future__ import annotations
 
@@ -192,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
     from sdlab.deploy.cli import register as register_aws  # light: argparse only, boto3 is imported when run
 
     register_aws(sub)
+    from sdlab.sim.cli import register as register_sim  # light: argparse only, the engine is imported when run
+
+    register_sim(sub)
     return p
 
 

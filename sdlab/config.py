@@ -48,6 +48,33 @@ class QueueSettings(_Strict):
     receive_wait_seconds: int = Field(20, ge=0, le=20)
 
 
+class HpaPolicy(_Strict):
+    """One HPA scaling policy: change by at most `value` pods (or percent) per `period_seconds`."""
+
+    type: Literal["Pods", "Percent"]
+    value: int = Field(ge=1)
+    period_seconds: int = Field(ge=1, le=1800)
+
+
+class HpaRules(_Strict):
+    """HPA behaviour in one direction (`advanced.horizontalPodAutoscalerConfig.behavior.scaleUp|scaleDown`).
+
+    `stabilization_window_seconds: None` means Kubernetes' default (scale-up 0 s; for scale-down sdlab renders
+    min(cooldown_seconds, 3600)); `policies: None` means Kubernetes' defaults.
+    """
+
+    stabilization_window_seconds: int | None = Field(None, ge=0, le=3600)
+    select_policy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: tuple[HpaPolicy, ...] | None = None
+
+
+class HpaBehavior(_Strict):
+    """The HPA that KEDA creates: scale-up left to Kubernetes' defaults unless set; scale-down gentle (1 pod a minute)."""
+
+    scale_up: HpaRules | None = Field(None, description="None: not rendered (0 s window; +4 pods or +100 % per 15 s)")
+    scale_down: HpaRules = HpaRules(policies=(HpaPolicy(type="Pods", value=1, period_seconds=60),))
+
+
 class ScalingSettings(_Strict):
     """KEDA ScaledObject values; locally the same formula scales local processes."""
 
@@ -58,6 +85,7 @@ class ScalingSettings(_Strict):
     scale_on_in_flight: bool = True
     polling_interval_seconds: int = Field(15, ge=1)
     cooldown_seconds: int = Field(300, ge=0)
+    hpa: HpaBehavior = HpaBehavior()
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ScalingSettings:
@@ -74,6 +102,22 @@ class BatchSettings(_Strict):
 
     max_batch: int | None = Field(None, ge=1, le=64, description="None: chosen from the card's memory")
     max_wait_ms: int = Field(50, ge=0, le=5000, description="how long the first task waits for company")
+    buckets: tuple[int, ...] | None = Field(
+        None, description="batch sizes compiled ahead (with `optimize: fast`), e.g. [1, 2, 4, 8]; None: the runtime's")
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or any(b < 1 or b > 64 for b in value) or list(value) != sorted(set(value))):
+            raise ValueError(f"{list(value)}: list batch sizes from 1 to 64 in increasing order, each once, e.g. [1, 2, 4, 8]")
+        return value
+
+    @model_validator(mode="after")
+    def _buckets_within_max(self) -> BatchSettings:
+        if self.buckets and self.max_batch is not None and self.buckets[-1] > self.max_batch:
+            raise ValueError(f"buckets go up to {self.buckets[-1]}, above max_batch ({self.max_batch}); "
+                             "drop the larger buckets or raise max_batch")
+        return self
 
 
 class NodeSettings(_Strict):
@@ -129,6 +173,8 @@ class RuntimeSettings(_Strict):
     scaling: ScalingSettings = ScalingSettings()
     nodes: NodeSettings = NodeSettings()
     batch: BatchSettings = BatchSettings()
+    optimize: Literal["off", "fast"] = Field(
+        "off", description="the project's runtime: 'fast' turns on the benchmarked GPU optimisations (docs/benchmarks.md)")
     torch_threads: int | None = Field(None, ge=1, description="local runtime: torch threads (default: cores/runtimes)")
 
     @field_validator("name")

@@ -22,6 +22,7 @@ LIMITS = "SDLAB_LIMITS"  # JSON: request limits (see config.Limits)
 CRDS_DIR = "SDLAB_CRDS_DIR"  # folder of the KEDA/Karpenter CRDs used to validate manifests
 STATUS_BASE_URL = "SDLAB_STATUS_BASE_URL"  # public base URL of the API, for status_url
 API_KEYS = "SDLAB_API_KEYS"  # comma-separated keys the local gateway accepts
+SIM_PRICES = "SDLAB_SIM_PRICES"  # JSON written by `python -m sdlab.sim.prices`, laid over the simulator's price table
 
 # callback dispatcher
 CALLBACK_QUEUE_URL = "SDLAB_CALLBACK_QUEUE_URL"
@@ -47,3 +48,10 @@ AGENT_GRACE_SECONDS = "SDLAB_AGENT_GRACE_SECONDS"
 AGENT_RUNTIME_READY_TIMEOUT_SECONDS = "SDLAB_AGENT_RUNTIME_READY_TIMEOUT_SECONDS"
 AGENT_HEALTH_PORT = "SDLAB_AGENT_HEALTH_PORT"
 AGENT_LOG_LEVEL = "SDLAB_AGENT_LOG_LEVEL"
+AGENT_UNHEALTHY_AFTER_SECONDS = "SDLAB_AGENT_UNHEALTHY_AFTER_SECONDS"  # a thread failing this long fails /healthz
+AGENT_SWEEP_INTERVAL_SECONDS = "SDLAB_AGENT_SWEEP_INTERVAL_SECONDS"  # DLQ sweeper period
+AGENT_FINISH_ATTEMPTS = "SDLAB_AGENT_FINISH_ATTEMPTS"  # tries of store/end/notify after the runtime call
+
+# AWS clients (every process): how long a call may take and how often botocore retries it
+AWS_READ_TIMEOUT_SECONDS = "SDLAB_AWS_READ_TIMEOUT_SECONDS"
+AWS_MAX_ATTEMPTS = "SDLAB_AWS_MAX_ATTEMPTS"

@@ -31,7 +31,7 @@ from sdlab.local import motoserver
 from sdlab.local.processes import free_port, http_ok, spawn, stop, wait_until
 from sdlab.provision import provision
 from sdlab.taskstore import TaskStore
-from sdlab.wiring import agent_environment, api_environment
+from sdlab.wiring import Endpoints, agent_environment, api_environment
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -68,7 +68,9 @@ def run(tasks: int, seconds_per_image: float, visibility: int = 30) -> dict[str,
                    for i in range(tasks)]
 
             # 2. the agent drains it
-            env = agent_environment(config.runtimes[0], resources, target, runtime_url, 0)
+            rt = config.runtimes[0]
+            env = agent_environment(config, rt, Endpoints.of_stack(resources, rt.name), target, runtime_url=runtime_url,
+                                    health_port=0)
             settings = AgentSettings.from_env(env)
             clients = Clients(sqs=client("sqs", target), s3=client("s3", target), sns=client("sns", target),
                               store=TaskStore(client("dynamodb", target), resources.table))

@@ -37,6 +37,16 @@ class DiffusersAdapter(SdWebUIAdapter):
         except httpx.HTTPError:
             return False
 
+    def capacity(self) -> int:
+        """Images the runtime batches at once at 512² (GET /v1/info), so the agent can keep its batches full."""
+        try:
+            reply = self._http.get(f"{self._base}/v1/info", timeout=10.0)
+            reply.raise_for_status()
+            return int(reply.json().get("max_batch_512") or 1)
+        except (httpx.HTTPError, ValueError, TypeError):
+            log.warning("runtime did not say its batch size; using %d", self.max_batch)
+            return self.max_batch
+
     def run(self, task: TaskMessage) -> RuntimeResult:
         if not self._native(task):
             return super().run(task)

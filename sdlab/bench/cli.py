@@ -56,8 +56,26 @@ def _cmd_http(args: argparse.Namespace) -> int:
     return 0 if result["failed"] == 0 else 1
 
 
+def _cmd_e2e(args: argparse.Namespace) -> int:
+    from sdlab.bench import e2e
+    from sdlab.config import load_config
+
+    settings = load_config(args.config)
+    runtime = args.runtime or next((r.name for r in settings.runtimes if r.type == "diffusers"), settings.runtimes[0].name)
+    settings = settings.model_copy(update={"runtimes": (settings.runtime(runtime),)})  # the measured runtime alone
+    home = Path(args.home).resolve()
+    result = e2e.run(settings, runtime, tasks=args.tasks, steps=args.steps, size=args.size, home=home,
+                     reference_img_s=args.reference)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return 0 if result["completed"] == args.tasks else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``bench runtime``, ``bench coldstart`` and ``bench http`` to the ``sdlab`` command."""
+    """Add ``bench runtime``, ``coldstart``, ``http`` and ``e2e`` to the ``sdlab`` command."""
     bench = sub.add_parser("bench", help="measure the runtime (GPU or a CPU smoke run)")
     bench = bench.add_subparsers(dest="action", required=True)
 
@@ -92,3 +110,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--steps", type=int, default=25)
     h.add_argument("--size", type=int, default=512)
     h.set_defaults(fn=_cmd_http)
+
+    e = bench.add_parser("e2e", help="a backlog through the whole local stack (API → SNS → SQS → agent → runtime → S3)")
+    e.add_argument("--config", default=None, help="sdlab.yaml to take the runtime from (default: ./sdlab.yaml)")
+    e.add_argument("--runtime", default=None, help="which runtime (default: the first of type diffusers)")
+    e.add_argument("--tasks", type=int, default=200)
+    e.add_argument("--steps", type=int, default=25)
+    e.add_argument("--size", type=int, default=512)
+    e.add_argument("--reference", type=float, default=None, help="in-process img/s to compare with (sdlab bench runtime)")
+    e.add_argument("--home", default=".sdlab-bench", help="state folder of the benchmark's stack")
+    e.add_argument("--json", default=None, help="write the figures here too")
+    e.set_defaults(fn=_cmd_e2e)

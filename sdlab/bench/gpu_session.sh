@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, one part per call, on a machine whose python3 has torch + CUDA.
 # Missing packages travel as wheels in .whl/ (diffusers, fastapi, uvicorn, pydantic, ...). Output goes to $OUT.
-#   bash sdlab/bench/gpu_session.sh sd15|sdxl|serve
+#   bash sdlab/bench/gpu_session.sh sd15|sdxl|serve|e2e [tasks] [in-process img/s]
 set -u
 OUT=${OUT:-/tmp/sdlab-out}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if ls .whl*/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
@@ -54,5 +54,23 @@ PY
       --compile-cache-dir $CACHE | tee "$OUT/coldstart-compiled-warm-cache.json"
     tail -5 "$OUT/serve.log"
     ;;
-  *) echo "usage: $0 sd15|sdxl|serve"; exit 2 ;;
+  e2e)
+    # the whole local stack (moto, gateway, agent, the compiled runtime) with full-size SD1.5, a backlog via the API
+    M=/tmp/sdlab-models; mkdir -p $M
+    python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
+    cat > /tmp/e2e.yaml <<YAML
+version: 1
+stack: {name: gpubench}
+runtimes:
+  - name: sd15
+    type: diffusers
+    model: {name: sd15, source: path, path: $M/sd15}
+    batch: {max_batch: 8, max_wait_ms: 30, buckets: [1, 8]}
+    optimize: fast
+YAML
+    python3 -m sdlab bench e2e --config /tmp/e2e.yaml --tasks ${2:-200} --steps 25 --size 512 --reference ${3:-8.88} \
+      --home /tmp/e2e-home --json "$OUT/e2e.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tail -60
+    for f in /tmp/e2e-home/logs/runtime-*.log /tmp/e2e-home/logs/agent-*.log; do echo "== $f"; tail -15 "$f"; done > "$OUT/e2e-logs.txt"
+    ;;
+  *) echo "usage: $0 sd15|sdxl|serve|e2e"; exit 2 ;;
 esac

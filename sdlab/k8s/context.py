@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 from sdlab.config import RuntimeSettings, Settings
 from sdlab.errors import ConfigError
+from sdlab.wiring import EXIT_MARGIN_SECONDS, timing
 
 PART_OF = "sdlab"
 STACK_LABEL = "sdlab/stack"
 RUNTIME_LABEL = "sdlab/runtime"
 GPU_RESOURCE = "nvidia.com/gpu"
 AGENT_HEALTH_PORT = 8081
-GRACE_MARGIN_SECONDS = 60  # after the longest task: upload, notify, release the messages not started
 DEFAULT_BOTTLEROCKET_VERSION = "v1.63.0"  # pinned: `@latest` drifts (replaces) every node on each AMI release
 
 _NAME_MAX = 63  # NodePool names become node label values (`karpenter.sh/nodepool`), which are limited to 63
@@ -34,10 +34,7 @@ class RuntimeSpec:
     port: int
     health_path: str
     model_mount_path: str
-    args: tuple[str, ...] = ()  # container args; {models_dir}, {model} and {port} are filled in
-
-    def container_args(self, model: str) -> list[str]:
-        return [a.format(models_dir=self.model_mount_path, model=model, port=self.port) for a in self.args]
+    ours: bool = False  # the project's server: its arguments come from sdlab.wiring.runtime_arguments
 
 
 # sdwebui/comfyui: the upstream images (their own entrypoints) listen on 8080 and read models under
@@ -47,12 +44,7 @@ class RuntimeSpec:
 RUNTIME_SPECS: Mapping[str, RuntimeSpec] = {
     "sdwebui": RuntimeSpec(8080, "/sdapi/v1/memory", "/opt/ml/code/models"),
     "comfyui": RuntimeSpec(8080, "/system_stats", "/opt/ml/code/models"),
-    "diffusers": RuntimeSpec(
-        7860,
-        "/healthz",
-        "/models",
-        ("--models-dir", "{models_dir}", "--model", "{model}", "--host", "0.0.0.0", "--port", "{port}"),
-    ),
+    "diffusers": RuntimeSpec(7860, "/healthz", "/models", ours=True),
 }
 
 
@@ -61,8 +53,9 @@ class RenderContext:
     """Cluster facts and provisioned names that `sdlab.yaml` does not hold.
 
     Optional values fall back to the config file's `stack:` section (bucket, prefixes, region).
-    `grace_seconds` overrides the pod's terminationGracePeriodSeconds, which by default is the queue's visibility
-    timeout (the longest task) plus GRACE_MARGIN_SECONDS; it must stay above the visibility timeout.
+    `grace_seconds` overrides the pod's terminationGracePeriodSeconds, which by default follows from the queue's
+    visibility timeout (sdlab.wiring.timing); the agent's own grace moves with it, so it must stay above the
+    visibility timeout plus the agent's exit margin.
     """
 
     cluster_name: str
@@ -118,10 +111,8 @@ def selector_labels(stack: str, runtime: str) -> dict[str, str]:
 
 
 def grace_seconds(runtime: RuntimeSettings, ctx: RenderContext) -> int:
-    """terminationGracePeriodSeconds: above the longest task, which the queue's visibility timeout bounds."""
-    if ctx.grace_seconds is not None:
-        return ctx.grace_seconds
-    return runtime.queue.visibility_timeout_seconds + GRACE_MARGIN_SECONDS
+    """terminationGracePeriodSeconds: the agent's grace (which covers the longest task) plus its exit margin."""
+    return timing(runtime, ctx.grace_seconds).pod_grace_seconds
 
 
 def check_context(settings: Settings, ctx: RenderContext, only: RuntimeSettings | None = None) -> None:
@@ -138,10 +129,12 @@ def check_context(settings: Settings, ctx: RenderContext, only: RuntimeSettings 
             problems.append(f"queue_urls[{rt.name!r}]: missing; pass the URL of runtime {rt.name!r}'s queue")
         if not ctx.runtime_images.get(rt.type):
             problems.append(f"runtime_images[{rt.type!r}]: missing; runtime {rt.name!r} needs an image for {rt.type}")
-        if ctx.grace_seconds is not None and ctx.grace_seconds <= rt.queue.visibility_timeout_seconds:
+        least = rt.queue.visibility_timeout_seconds + EXIT_MARGIN_SECONDS
+        if ctx.grace_seconds is not None and ctx.grace_seconds <= least:
             problems.append(
                 f"grace_seconds: {ctx.grace_seconds} is not above runtime {rt.name!r}'s visibility timeout "
-                f"({rt.queue.visibility_timeout_seconds} s, the longest task); raise it or leave it unset"
+                f"({rt.queue.visibility_timeout_seconds} s, the longest task) plus the agent's exit margin "
+                f"({EXIT_MARGIN_SECONDS} s); raise it above {least} or leave it unset"
             )
     for key in ("high_queue_urls", "dlq_urls", "queue_urls"):
         for name in sorted(set(getattr(ctx, key)) - names):

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdlab.config import RuntimeSettings, Settings
+from sdlab.config import HpaRules, RuntimeSettings, ScalingSettings, Settings
 from sdlab.k8s.context import RenderContext, labels, object_name
-
-SCALE_DOWN_PODS_PER_MINUTE = 1  # remove GPU workers gently: each removal may interrupt a task
-HPA_MAX_WINDOW_SECONDS = 3600  # the API rejects longer stabilization windows
+from sdlab.scaling import scale_down_rules, scale_up_rules
 
 
 def trigger_authentication(settings: Settings, runtime: RuntimeSettings, ctx: RenderContext) -> dict[str, Any]:
@@ -60,6 +58,29 @@ def _sqs_trigger(name: str, queue_url: str, runtime: RuntimeSettings, region: st
     }
 
 
+def _rules(rules: HpaRules) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "stabilizationWindowSeconds": rules.stabilization_window_seconds,
+        "policies": [{"type": p.type, "value": p.value, "periodSeconds": p.period_seconds} for p in rules.policies or ()],
+    }
+    if rules.select_policy != "Max":  # Max is the API's default
+        out["selectPolicy"] = rules.select_policy
+    return out
+
+
+def hpa_behavior(scaling: ScalingSettings) -> dict[str, Any]:
+    """`advanced.horizontalPodAutoscalerConfig.behavior` from `scaling.hpa` (the rules `sdlab.scaling` simulates).
+
+    Scale-down keeps the highest recommendation of its window (default min(cooldown, 3600) s) and removes GPU workers
+    gently (default 1 pod a minute), so a short lull between bursts does not stop (and later cold-start) a worker.
+    Scale-up is rendered only when `scaling.hpa.scale_up` is set; otherwise Kubernetes' defaults apply.
+    """
+    behavior: dict[str, Any] = {"scaleDown": _rules(scale_down_rules(scaling))}
+    if scaling.hpa.scale_up is not None:
+        behavior["scaleUp"] = _rules(scale_up_rules(scaling))
+    return behavior
+
+
 def scaled_object(settings: Settings, runtime: RuntimeSettings, ctx: RenderContext) -> dict[str, Any]:
     """Scale the runtime's Deployment between min and max replicas (to zero by default) on queue depth."""
     stack = settings.stack.name
@@ -70,18 +91,7 @@ def scaled_object(settings: Settings, runtime: RuntimeSettings, ctx: RenderConte
     high_url = ctx.high_queue_urls.get(runtime.name)
     if high_url:
         triggers.insert(0, _sqs_trigger("high", high_url, runtime, region, name))
-    advanced: dict[str, Any] = {
-        "horizontalPodAutoscalerConfig": {
-            "behavior": {
-                # The HPA keeps the highest recommendation of this window before scaling in, so a short lull
-                # between bursts does not stop (and later cold-start) a GPU worker.
-                "scaleDown": {
-                    "stabilizationWindowSeconds": min(scaling.cooldown_seconds, HPA_MAX_WINDOW_SECONDS),
-                    "policies": [{"type": "Pods", "value": SCALE_DOWN_PODS_PER_MINUTE, "periodSeconds": 60}],
-                },
-            },
-        },
-    }
+    advanced: dict[str, Any] = {"horizontalPodAutoscalerConfig": {"behavior": hpa_behavior(scaling)}}
     if high_url:
         advanced["scalingModifiers"] = {
             "formula": "high + normal",

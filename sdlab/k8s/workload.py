@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sdlab import envvars
+from sdlab.aws import AwsTarget
 from sdlab.config import RuntimeSettings, Settings
 from sdlab.k8s.context import (
     AGENT_HEALTH_PORT,
@@ -26,6 +26,7 @@ from sdlab.k8s.context import (
     object_name,
     selector_labels,
 )
+from sdlab.wiring import Endpoints, agent_environment, runtime_arguments
 
 MODEL_VOLUME = "models"
 MODEL_STORAGE = "1Ti"  # required by the API, ignored by the Mountpoint CSI driver
@@ -105,34 +106,14 @@ def model_volume(settings: Settings, runtime: RuntimeSettings, ctx: RenderContex
 
 def _agent_env(settings: Settings, runtime: RuntimeSettings, ctx: RenderContext) -> list[dict[str, str]]:
     spec = RUNTIME_SPECS[runtime.type]
-    region = ctx.region or settings.stack.region
-    values = [
-        (envvars.AGENT_RUNTIME_NAME, runtime.name),
-        (envvars.AGENT_RUNTIME_TYPE, runtime.type),
-        (envvars.AGENT_RUNTIME_URL, f"http://127.0.0.1:{spec.port}"),
-        (envvars.AGENT_QUEUE_URL, ctx.queue_urls[runtime.name]),
-        (envvars.AGENT_VISIBILITY_TIMEOUT_SECONDS, str(runtime.queue.visibility_timeout_seconds)),
-        (envvars.AGENT_WAIT_TIME_SECONDS, str(runtime.queue.receive_wait_seconds)),
-        (envvars.AGENT_MAX_RECEIVE_COUNT, str(runtime.queue.max_receive_count)),
-        (envvars.AGENT_RUNTIME_TIMEOUT_SECONDS, str(runtime.queue.visibility_timeout_seconds)),
-        (envvars.AGENT_HEALTH_PORT, str(AGENT_HEALTH_PORT)),
-        (envvars.AGENT_HEALTH_HOST, "0.0.0.0"),
-        (envvars.AGENT_LOG_LEVEL, ctx.log_level),
-        (envvars.REGION, region),
-        (envvars.STACK_NAME, settings.stack.name),
-        (envvars.BUCKET, ctx.bucket or settings.stack.bucket_name),
-        (envvars.OUTPUT_PREFIX, ctx.output_prefix or settings.stack.output_prefix),
-        (envvars.TASK_TABLE, ctx.task_table),
-        (envvars.RESULTS_TOPIC_ARN, ctx.results_topic_arn),
-        (envvars.INPUT_BUCKETS, ",".join(settings.stack.input_buckets)),
-        (envvars.WORKFLOW_PREFIX, settings.stack.workflow_prefix),
-        ("AWS_REGION", region),  # the AWS SDK's own name, for boto3 defaults
-    ]
-    if runtime.name in ctx.dlq_urls:
-        values.insert(4, (envvars.AGENT_DLQ_URL, ctx.dlq_urls[runtime.name]))
-    if runtime.name in ctx.high_queue_urls:
-        values.insert(4, (envvars.AGENT_HIGH_QUEUE_URL, ctx.high_queue_urls[runtime.name]))
-    return [{"name": k, "value": v} for k, v in values]
+    endpoints = Endpoints(
+        queue_url=ctx.queue_urls[runtime.name], high_queue_url=ctx.high_queue_urls.get(runtime.name),
+        dlq_url=ctx.dlq_urls.get(runtime.name), bucket=ctx.bucket or settings.stack.bucket_name,
+        task_table=ctx.task_table, results_topic_arn=ctx.results_topic_arn)
+    env = agent_environment(settings, runtime, endpoints, AwsTarget(ctx.region or settings.stack.region),
+                            runtime_url=f"http://127.0.0.1:{spec.port}", health_port=AGENT_HEALTH_PORT,
+                            health_host="0.0.0.0", log_level=ctx.log_level, pod_grace_seconds=ctx.grace_seconds)
+    return [{"name": k, "value": v} for k, v in env.items()]
 
 
 def _http_probe(path: str, port: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
@@ -151,8 +132,8 @@ def _runtime_container(settings: Settings, runtime: RuntimeSettings, ctx: Render
         "image": ctx.runtime_images[runtime.type],
         "restartPolicy": "Always",  # native sidecar: started before, stopped after the agent
     }
-    if spec.args:
-        container["args"] = spec.container_args(runtime.model.name)
+    if spec.ours:
+        container["args"] = runtime_arguments(runtime, models_dir=spec.model_mount_path, host="0.0.0.0", port=spec.port)
     return container | {
         "ports": [{"name": "http", "containerPort": spec.port, "protocol": "TCP"}],
         "resources": copy.deepcopy(RUNTIME_RESOURCES),

@@ -27,16 +27,18 @@ from sdlab.config import Settings, parse_config
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop
 from sdlab.provision import QueueInfo, StackResources
 from sdlab.scaling import KedaScaler
-from sdlab.wiring import agent_environment
+from sdlab.wiring import Endpoints, agent_environment, runtime_arguments, timing
 
 log = logging.getLogger(__name__)
 STATE_FILE = "autoscaler.json"
 PLAN_FILE = "autoscaler-plan.json"  # what `up` hands over: resources, target, models folder, threads
+RUNTIME_ENV = {"HF_HUB_OFFLINE": "1"}  # nothing is fetched from a model hub, here or in CI
 
 
 @dataclass
 class Pod:
     name: str
+    runtime_name: str  # the configured runtime it serves
     runtime: Proc
     runtime_popen: subprocess.Popen[bytes]
     agent: Proc | None = None
@@ -95,11 +97,11 @@ class LocalAutoscaler:
         self._serial += 1
         name = f"{runtime}-{self._serial}"
         port = free_port()
-        args = ["-m", "sdlab.runtime", "--models-dir", str(self.models_dir), "--model", rt.model.name,
-                "--host", "127.0.0.1", "--port", str(port), "--threads", str(rt.torch_threads or self.threads)]
-        proc, popen = spawn(f"runtime-{name}", args, {"HF_HUB_OFFLINE": "1"}, self.home / "logs" / f"runtime-{name}.log",
+        args = ["-m", "sdlab.runtime", *runtime_arguments(rt, models_dir=str(self.models_dir), host="127.0.0.1", port=port,
+                                                          threads=rt.torch_threads or self.threads)]
+        proc, popen = spawn(f"runtime-{name}", args, RUNTIME_ENV, self.home / "logs" / f"runtime-{name}.log",
                             f"http://127.0.0.1:{port}")
-        pod = Pod(name=name, runtime=proc, runtime_popen=popen)
+        pod = Pod(name=name, runtime_name=runtime, runtime=proc, runtime_popen=popen)
         self.pods[runtime].append(pod)
         log.info("scale-out %s: started pod %s", runtime, name)
         return pod
@@ -107,13 +109,15 @@ class LocalAutoscaler:
     def start_agent(self, runtime: str, pod: Pod) -> None:
         rt = self.settings.runtime(runtime)
         health = free_port()
-        env = agent_environment(rt, self.resources, self.target, pod.runtime.url or "", health)
+        env = agent_environment(self.settings, rt, Endpoints.of_stack(self.resources, runtime), self.target,
+                                runtime_url=pod.runtime.url or "", health_port=health)
         pod.agent, _ = spawn(f"agent-{pod.name}", ["-m", "agent"], env, self.home / "logs" / f"agent-{pod.name}.log",
                              f"http://127.0.0.1:{health}")
 
     def stop_pod(self, pod: Pod) -> None:
         if pod.agent is not None:
-            stop([pod.agent], timeout=60.0)  # warm: the agent finishes its task first
+            # warm: the agent finishes its running task within its grace, as the kubelet allows a pod
+            stop([pod.agent], timeout=float(timing(self.settings.runtime(pod.runtime_name)).pod_grace_seconds))
         stop([pod.runtime])
         for pods in self.pods.values():
             if pod in pods:

@@ -20,14 +20,14 @@ from typing import Any, Protocol
 
 from sdlab import envvars
 from sdlab.aws import AwsTarget, client
-from sdlab.config import Settings
+from sdlab.config import Settings, parse_config
 from sdlab.errors import StackError
 from sdlab.local import motoserver
-from sdlab.local.autoscaler import pod_processes, write_plan
+from sdlab.local.autoscaler import RUNTIME_ENV, pod_processes, write_plan
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
 from sdlab.models import build_or_locate, sync_models, upload_model, uploaded
 from sdlab.provision import provision
-from sdlab.wiring import agent_environment, api_environment, callback_environment
+from sdlab.wiring import Endpoints, agent_environment, api_environment, callback_environment, runtime_arguments, timing
 from sdlab.workflows import upload_workflows
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,9 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         for rt in (settings.runtimes if not autoscale else ()):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            args = ["-m", "sdlab.runtime", "--models-dir", str(models_dir), "--model", rt.model.name,
-                    "--host", "127.0.0.1", "--port", str(port), "--threads", str(rt.torch_threads or threads)]
-            started.start(f"runtime-{rt.name}", args, {"HF_HUB_OFFLINE": "1"}, logs, url)
+            args = ["-m", "sdlab.runtime", *runtime_arguments(rt, models_dir=str(models_dir), host="127.0.0.1", port=port,
+                                                              threads=rt.torch_threads or threads)]
+            started.start(f"runtime-{rt.name}", args, RUNTIME_ENV, logs, url)
             runtimes[rt.name] = {"type": rt.type, "model": rt.model.name, "runtime_url": url}
         started.wait(gateway, f"{api_url}/_gateway/health", 60)
         if autoscale:
@@ -152,7 +152,8 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         step("agents")
         for rt in (settings.runtimes if not autoscale else ()):
             health_port = free_port()
-            env = agent_environment(rt, resources, target, runtimes[rt.name]["runtime_url"], health_port, settings.stack)
+            env = agent_environment(settings, rt, Endpoints.of_stack(resources, rt.name), target,
+                                    runtime_url=runtimes[rt.name]["runtime_url"], health_port=health_port)
             proc = started.start(f"agent-{rt.name}", ["-m", "agent"], env, logs, f"http://127.0.0.1:{health_port}")
             started.wait(proc, f"http://127.0.0.1:{health_port}/readyz", 60)
             queue = resources.queues[rt.name]
@@ -176,6 +177,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         "results_topic_arn": resources.results_topic_arn,
         "runtimes": runtimes,
         "autoscale": autoscale,
+        "settings": settings.model_dump(mode="json"),
         "processes": [p.to_dict() for p in started.procs],
         "logs": str(logs),
         "started_at": time.time(),
@@ -197,7 +199,10 @@ def down(home: str | os.PathLike[str] | None = None) -> list[str]:
     still = stop([p for p in procs if p.name == "autoscaler"], timeout=90.0)
     pods = pod_processes(root)
     agents = [p for p in procs + pods if p.name.startswith("agent-")]
-    still += stop(agents, timeout=30.0)
+    # warm: each agent finishes its running task within its grace (sdlab.wiring.timing), as in a pod
+    config = stack.get("settings")
+    grace = max((timing(rt).pod_grace_seconds for rt in parse_config(config).runtimes), default=30) if config else 30.0
+    still += stop(agents, timeout=float(grace))
     still += stop([p for p in procs + pods if p not in agents and p.name != "autoscaler"])
     if still:
         raise StackError(f"could not stop {still}; kill them by pid from {root / STACK_FILE}")

@@ -28,7 +28,7 @@ from sdlab.contracts import Notification, TaskMessage
 from sdlab.local import motoserver
 from sdlab.local.processes import Proc, alive, free_port, http_ok, spawn, stop, wait_until
 from sdlab.provision import provision
-from sdlab.wiring import agent_environment, api_environment
+from sdlab.wiring import Endpoints, agent_environment, api_environment
 
 pytestmark = pytest.mark.faults
 
@@ -102,7 +102,8 @@ class FaultStack:
         rt = self.settings.runtime(runtime)
         health = free_port()
         url = runtime_url or self.runtime_urls[runtime]
-        agent_env = {**agent_environment(rt, self.resources, self.target, url, health),
+        agent_env = {**agent_environment(self.settings, rt, Endpoints.of_stack(self.resources, runtime), self.target,
+                                         runtime_url=url, health_port=health),
                      envvars.AGENT_RUNTIME_TIMEOUT_SECONDS: "5", envvars.AGENT_GRACE_SECONDS: "10",
                      envvars.AGENT_RUNTIME_READY_TIMEOUT_SECONDS: "20", **env}
         pair = self._spawn(f"agent-{runtime}-{len(self.procs)}", ["-m", "agent"], agent_env)

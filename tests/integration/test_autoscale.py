@@ -12,6 +12,7 @@ from sdlab.config import parse_config
 from sdlab.local import stack as local_stack
 from sdlab.local.autoscaler import pod_processes
 from sdlab.local.processes import alive
+from tests.integration.test_wiring import assert_same_wiring
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,13 @@ def test_autoscale_from_zero_to_two_and_back(tmp_path, model_cache):
         with Client.from_stack(str(home)) as client:
             ids = [client.submit("rt-a", f"scale {i}", payload={"steps": 4, "width": 64, "height": 64}).id
                    for i in range(6)]
+            # once a pod's agent runs, it is wired exactly as the rendered Deployment's (and as `sdlab up`'s)
+            deadline = time.monotonic() + 120
+            while not [p for p in pod_processes(home) if p.name.startswith("agent-")] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            agent = next(p for p in pod_processes(home) if p.name.startswith("agent-"))
+            runtime = next(p for p in pod_processes(home) if p.name == "runtime-" + agent.name.removeprefix("agent-"))
+            assert_same_wiring(settings, settings.runtimes[0], agent.pid, runtime.pid)
             notes = client.wait(ids, timeout=180)
         assert all(n.status.value == "completed" for n in notes.values())
         log = (home / "logs" / "autoscaler.log").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from agent.settings import AgentSettings
 from sdlab import envvars
 from sdlab.config import parse_config
 from sdlab.errors import ConfigError
@@ -81,8 +82,20 @@ def test_deployment_agent_env_uses_envvars_names(objects):
     env = {
         e["name"]: e["value"] for e in find(objects, "Deployment", "webui-a")["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    names = {v for k, v in vars(envvars).items() if k.isupper()}
-    assert set(env) - {"AWS_REGION"} <= names
+    read = set()
+
+    class Recording(dict):  # what the agent reads of its environment
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+    AgentSettings.from_env(Recording(env))
+    # every rendered variable is read by the agent, but the AWS SDK's own region names (boto3 reads those)
+    assert set(env) - read == {"AWS_REGION", "AWS_DEFAULT_REGION"}
     assert env[envvars.AGENT_QUEUE_URL].endswith("/sdlab-webui-a")
     assert env[envvars.AGENT_DLQ_URL].endswith("/sdlab-webui-a-dlq")
     assert env[envvars.AGENT_RUNTIME_URL] == "http://127.0.0.1:8080"
@@ -94,7 +107,8 @@ def test_deployment_agent_env_uses_envvars_names(objects):
 
 def test_deployment_diffusers_runtime_gets_model_and_listen_args(objects):
     runtime = find(objects, "Deployment", "diff-b")["spec"]["template"]["spec"]["initContainers"][0]
-    assert runtime["args"] == ["--models-dir", "/models", "--model", "tiny-b", "--host", "0.0.0.0", "--port", "7860"]
+    assert runtime["args"][:8] == ["--models-dir", "/models", "--model", "tiny-b", "--host", "0.0.0.0", "--port", "7860"]
+    assert runtime["args"][8:] == ["--max-batch-wait-ms", "50"]  # batch settings from the config (defaults here)
     assert runtime["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 

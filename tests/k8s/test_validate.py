@@ -146,3 +146,24 @@ def test_strict_schema_closes_listed_properties_only():
     assert strict["properties"]["map"]["additionalProperties"]["additionalProperties"] is False
     assert strict["properties"]["list"]["items"]["additionalProperties"] is False
     assert strict["properties"]["either"]["anyOf"][0]["additionalProperties"] is False
+
+
+def test_hpa_behaviour_from_config_renders_and_validates(make_ctx, crds):
+    from sdlab.config import parse_config
+
+    from .conftest import CONFIG
+
+    rt = {**CONFIG["runtimes"][0], "scaling": {**CONFIG["runtimes"][0]["scaling"], "hpa": {
+        "scale_up": {"stabilization_window_seconds": 30, "policies": [{"type": "Pods", "value": 2, "period_seconds": 60}]},
+        "scale_down": {"stabilization_window_seconds": 600, "select_policy": "Min",
+                       "policies": [{"type": "Percent", "value": 50, "period_seconds": 120},
+                                    {"type": "Pods", "value": 1, "period_seconds": 60}]}}}}
+    settings = parse_config({**CONFIG, "runtimes": [rt, CONFIG["runtimes"][1]]}, "hpa test")
+    objects = render_stack(settings, make_ctx())
+    behavior = find(objects, "ScaledObject", "webui-a")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleUp"] == {"stabilizationWindowSeconds": 30,
+                                   "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]}
+    assert behavior["scaleDown"]["selectPolicy"] == "Min" and behavior["scaleDown"]["stabilizationWindowSeconds"] == 600
+    other = find(objects, "ScaledObject", "diff-b")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert "scaleUp" not in other  # unset: Kubernetes' defaults, not rendered
+    assert validate_all(objects, crds) == []

@@ -32,11 +32,23 @@ def test_scaling_scaler_zero_to_n_and_back_to_zero():
     scaler = KedaScaler(ScalingSettings(queue_length=5, max_replicas=10, polling_interval_seconds=15, cooldown_seconds=60))
     assert scaler.step(0, 0, 0) == 0
     assert scaler.step(15, 40, 0) == 1          # activation by the KEDA operator
-    assert scaler.step(30, 40, 0) == 8          # the HPA's first sync: ceil(40 / 5)
-    assert scaler.step(45, 0, 8) == 8           # in-flight work holds the replicas
-    assert scaler.step(60, 0, 0) == 8           # scale-down is stabilised (300 s window)
-    replicas = [scaler.step(t, 0, 0) for t in range(75, 400, 15)]
+    assert scaler.step(30, 40, 0) == 5          # the HPA's first sync wants 8; default scale-up: max(+4 pods, +100 %)
+    assert scaler.step(45, 40, 0) == 8          # next period: ceil(40 / 5)
+    assert scaler.step(60, 0, 8) == 8           # in-flight work holds the replicas
+    assert scaler.step(75, 0, 0) == 8           # scale-down is stabilised (window min(cooldown, 3600) = 60 s)
+    replicas = [scaler.step(t, 0, 0) for t in range(90, 400, 15)]
     assert replicas[-1] == 0                    # cooldown passed: back to zero
+
+
+def test_scaling_scale_down_policy_removes_one_pod_a_minute():
+    s = ScalingSettings(queue_length=1, max_replicas=10, min_replicas=1, polling_interval_seconds=15, cooldown_seconds=0)
+    scaler = KedaScaler(s)
+    for t in range(0, 120, 15):
+        scaler.step(t, 8, 0)
+    assert scaler.replicas == 8
+    counts = [scaler.step(t, 0, 0) for t in range(120, 460, 15)]
+    assert counts[0] == 7 and counts[3] == 7 and counts[4] == 6   # 1 pod per 60 s (sdlab's rendered policy)
+    assert counts[-1] == 2
 
 
 def test_sim_serves_everything_and_costs_scale_with_cold_start():
