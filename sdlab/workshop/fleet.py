@@ -1,62 +1,48 @@
-"""GPU instance types and Spot: cost per 1,000 images against p95 latency, per card and capacity-type mix.
-
-Prices are `sdlab aws plan`'s (sdlab/deploy/data/prices.yaml, each with its source). Seconds per image are per
-card, SD1.5 512², 25 steps, batch 1 (the figures of /work/shared/facts, AWS's g5 figure measured at 16 steps):
-replace them with `sdlab bench runtime` figures from your own cards. A Spot share `f` of the nodes pays the Spot
-price on that share and sees interruptions at `f` × the per-node rate; an interrupted task goes back to its queue
-(the agent's warm shutdown releases it) and runs again on a fresh node after a cold start.
+"""GPU instance types and Spot: cost per 1,000 images against p95 latency, per instance type and capacity-type mix,
+on the project's simulator (`sdlab.sim`: its facts table holds each card's service times, prices and Spot
+interruption rates, with sources). An interrupted Spot node's task goes back to its queue (the agent's warm shutdown
+releases it within the two-minute notice) and runs again elsewhere: `tasks_released_for_retry` counts them.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from sdlab.config import ScalingSettings
-from sdlab.deploy.plan import node_price, prices
-from sdlab.workshop.tuning import Scenario
+from sdlab import sim
+from sdlab.config import Settings
+from sdlab.sim.workload import Workload
+from sdlab.workshop.tuning import choice, row
 
-SECONDS_PER_IMAGE = {"g4dn.xlarge": 3.4, "g5.xlarge": 2.3, "g6.xlarge": 2.5, "p5.4xlarge": 0.5}
-
-
-def spot_discount() -> float:
-    """The guidance's example Spot price against the on-demand price of the g5.2xlarge it was quoted for."""
-    on_demand = node_price("g5.2xlarge") or 1.0
-    return round(1 - float(prices()["spot_example"]["usd_per_hour"]) / on_demand, 2)
+CAPACITY_MIXES = (("on-demand",), ("spot", "on-demand"), ("spot",))
 
 
-def compare(scaling: ScalingSettings, scenario: Scenario, *, instance_types: list[str] | None = None,
-            spot_shares: tuple[float, ...] = (0.0, 0.5, 1.0), interruptions_per_node_hour: float = 0.1,
-            discount: float | None = None) -> Any:
-    """A DataFrame: one trial per (instance type, Spot share): $/1000 images, p50/p95 seconds, interruptions."""
+def compare(settings: Settings, runtime: str, workload: Workload, instance_types: list[str], *,
+            capacity_mixes: tuple[tuple[str, ...], ...] = CAPACITY_MIXES, interruptions_per_hour: float | None = None,
+            **knobs: Any) -> Any:
+    """A DataFrame: one run per (instance type, capacity mix) on the same arrivals; `interruptions_per_hour`
+    overrides the facts' Spot interruption rate (to see its effect in a short run)."""
     import pandas as pd
 
-    off = spot_discount() if discount is None else discount
+    overrides = {} if interruptions_per_hour is None else {"interruptions_per_hour": interruptions_per_hour}
     rows = []
-    for itype in instance_types or list(SECONDS_PER_IMAGE):
-        price = node_price(itype)
-        if price is None or itype not in SECONDS_PER_IMAGE:
-            raise KeyError(f"no price or seconds per image for {itype}; known: {sorted(SECONDS_PER_IMAGE)}")
-        for share in spot_shares:
-            blended = price * (1 - share * off)
-            trial = replace(scenario, seconds_per_image=SECONDS_PER_IMAGE[itype], usd_per_hour=blended,
-                            spot_interruptions_per_hour=share * interruptions_per_node_hour)
-            result = trial.run(scaling)
-            rows.append({"instance": itype, "spot_share": share, "usd_per_hour": round(blended, 3),
-                         **result.summary(blended), "arrivals": result.arrivals})
+    for itype in instance_types:
+        for mix in capacity_mixes:
+            ch = choice(settings, runtime, instance_type=itype, capacity_types=mix, **knobs)
+            result = sim.simulate(settings, runtime, workload, choice=ch, **overrides)
+            rows.append({"instance": itype, "capacity": "+".join(mix), **row(result)})
     return pd.DataFrame(rows)
 
 
 def chart(table: Any) -> Any:
-    """Cost per 1,000 images against p95 latency; one colour per instance type, marker size by Spot share."""
+    """Cost per 1,000 images against p95 latency; one line per instance type, its points the capacity mixes."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for itype, rows in table.groupby("instance"):
-        ax.plot(rows["p95_s"], rows["usd_per_1000_images"], "-o", label=itype, alpha=0.8)
+        ax.plot(rows["p95_s"], rows["cost_per_1000_images_usd"], "-o", label=itype, alpha=0.8)
         for _, r in rows.iterrows():
-            ax.annotate(f"{int(r['spot_share'] * 100)}% spot", (r["p95_s"], r["usd_per_1000_images"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(r["capacity"], (r["p95_s"], r["cost_per_1000_images_usd"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     ax.set_xlabel("p95 latency, seconds (submit to done)")
     ax.set_ylabel("USD per 1,000 images")
     ax.legend(fontsize=8)
