@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_LOCAL ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-fast lint up down clean lab
+.PHONY: env demo test test-fast lint up down clean lab notebooks-clean
 
 env: $(STAMP)
 
@@ -50,6 +50,13 @@ lab: env
 
 down: env
 	$(SDLAB) down
+
+# notebooks are committed without outputs (tests/notebooks checks it): strip them before a commit
+notebooks-clean: env
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace --ClearMetadataPreprocessor.enabled=True \
+	  --ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags \
+	  --ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec \
+	  --ClearMetadataPreprocessor.preserve_nb_metadata_mask=language_info notebooks/[0-9][0-9]_*.ipynb
 
 clean:
 	-$(SDLAB) down 2>/dev/null

@@ -9,6 +9,7 @@ stack and audits the teardown. Executed copies and an HTML rendering of each are
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,10 @@ def test_notebooks_form_a_course():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_clean(path):
     """The .ipynb is the one source: no outputs, the course's opening, a parameters cell, closing asserts."""
-    cells = _cells(path)
+    nb = json.loads(path.read_text())
+    assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, "no widget state or run metadata: `make notebooks-clean`"
+    assert all(set(c.get("metadata", {})) <= {"tags"} for c in nb["cells"]), "cell metadata besides tags: make notebooks-clean"
+    cells = nb["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert not [c for c in code if c.get("outputs") or c.get("execution_count")], "strip outputs before committing"
     opening = "".join(cells[0]["source"])
@@ -68,8 +72,8 @@ def course_stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) ->
 
     # a text edit, so the copy reads like the original (notebook 07 writes its choice back into it, comments kept)
     text = (ROOT / "sdlab.yaml").read_text()
-    quick = text.replace("visibility_timeout_seconds: 120,", "visibility_timeout_seconds: 10, receive_wait_seconds: 1,")
-    assert quick.count("receive_wait_seconds: 1,") == len(yaml.safe_load(text)["runtimes"]), "sdlab.yaml's queue lines changed"
+    quick, count = re.subn(r"visibility_timeout_seconds: \d+", "visibility_timeout_seconds: 10, receive_wait_seconds: 1", text)
+    assert count == len(yaml.safe_load(text)["runtimes"]), "every runtime of sdlab.yaml names its visibility timeout"
     folder = tmp_path_factory.mktemp("course")
     config = folder / "sdlab.yaml"
     config.write_text(quick)
