@@ -65,7 +65,7 @@ runtimes:
   - name: sd15
     type: diffusers
     model: {name: sd15, source: path, path: $M/sd15}
-    batch: {max_batch: 8, max_wait_ms: 30, buckets: [1, 8]}
+    batch: {max_batch: 8, max_wait_ms: 30, buckets: [8]}
     optimize: fast
 YAML
     python3 -m sdlab bench e2e --config /tmp/e2e.yaml --tasks ${2:-200} --steps 25 --size 512 --reference ${3:-8.88} \
