@@ -92,7 +92,7 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
     from sdlab.local.stack import home_dir, read_stack
     from sdlab.models import build_or_locate, upload_model
 
-    model = ModelSettings(name=args.name, variant=args.variant, seed=args.seed)
+    model = ModelSettings(name=args.name, source="build", variant=args.variant, seed=args.seed)
     path = build_or_locate(model, Path(args.out) if args.out else home_dir(args.home) / "cache" / "models")
     print(f"built {path}")
     if args.upload:
@@ -159,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a few prompts per runtime through the running stack")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--per-runtime", type=int, default=3)
-    d.add_argument("--size", type=int, default=256)
+    d.add_argument("--size", type=int, default=128, help="image side; the default model is trained at 128")
     d.add_argument("--steps", type=int, default=20)
     d.set_defaults(fn=_cmd_demo)
 
@@ -171,6 +171,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None)
     b.add_argument("--upload", action="store_true", help="upload under the model prefix of the stack's bucket")
     b.set_defaults(fn=_cmd_model_build)
+    from sdlab.shapes.cli import register as register_shapes  # light: argparse only, torch is imported when run
+
+    register_shapes(m)
 
     c = sub.add_parser("config", help="check the config or print its JSON Schema")
     c.add_argument("action", choices=["check", "schema"])

@@ -144,12 +144,14 @@ GPU_FAMILIES = {"g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en"}
 class ModelSettings(_Strict):
     """Where a runtime's model comes from.
 
-    `source: build` makes the project's own small model (`variant`, `seed`); `source: path` uploads a diffusers
-    folder or a single .safetensors file from `path`; `source: s3` expects it already under the model prefix.
+    `source: bundled` (the default) uploads the trained captioned-shapes model shipped in the package
+    (docs/model.md); `source: build` makes a small model with seeded random weights (`variant`, `seed`), for tests;
+    `source: path` uploads a diffusers folder or a single .safetensors file from `path`; `source: s3` expects it
+    already under the model prefix.
     """
 
     name: str
-    source: Literal["build", "path", "s3"] = "build"
+    source: Literal["bundled", "build", "path", "s3"] = "bundled"
     variant: str = "tiny"
     seed: int = 0
     path: str | None = None

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sdlab.client import Client
+from sdlab.shapes import example_prompts
 
-PROMPTS = (
-    "a lighthouse on a cliff at dusk, oil painting",
-    "a red fox in fresh snow, photograph",
-    "a bowl of ramen, studio lighting",
-)
+# In the default model's domain (docs/model.md): flat shapes, colours, counts, sizes, backgrounds.
+PROMPTS = tuple(example_prompts())
 
 
 @dataclass
@@ -41,7 +39,7 @@ def request_for(runtime_type: str, model: str | None, prompt: str, *, seed: int,
 
 
 def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequence[str], out_dir: Path, *,
-             per_runtime: int = 3, size: int = 256, steps: int = 20, timeout: float = 300.0) -> list[DemoRow]:
+             per_runtime: int = 3, size: int = 128, steps: int = 20, timeout: float = 300.0) -> list[DemoRow]:
     """Submit `per_runtime` prompts to each runtime, wait for all notifications, save the PNGs.
 
     `runtimes`: the stack's runtimes (`stack.json`: name -> {"type", "model", ...}); a bare list of names
@@ -49,9 +47,10 @@ def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequenc
     """
     specs = runtimes if isinstance(runtimes, Mapping) else {name: {"type": "sdwebui"} for name in runtimes}
     submitted = []
-    for runtime, spec in specs.items():
-        for i in range(per_runtime):
-            request = request_for(spec.get("type", "sdwebui"), spec.get("model"), PROMPTS[i % len(PROMPTS)],
+    for r, (runtime, spec) in enumerate(specs.items()):
+        for i in range(per_runtime):  # each runtime its own prompts, so routing shows in the pictures
+            prompt = PROMPTS[(r * per_runtime + i) % len(PROMPTS)]
+            request = request_for(spec.get("type", "sdwebui"), spec.get("model"), prompt,
                                   seed=1000 + i, size=size, steps=steps)
             submitted.append(client.submit(runtime, **request))
     notes = client.wait([s.id for s in submitted], timeout=timeout)

@@ -23,14 +23,23 @@ def model_key_prefix(model_prefix: str, name: str) -> str:
 
 
 def build_or_locate(model: ModelSettings, cache_dir: Path) -> Path:
-    """A local folder or file holding the model, built into `cache_dir` when `source: build`."""
+    """A local folder or file holding the model: the shipped one for `source: bundled`, built into `cache_dir`
+    when `source: build`."""
+    if model.source == "bundled":
+        from sdlab.shapes import bundled_model_dir
+
+        path = bundled_model_dir()
+        if not (path / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+            raise ModelError(f"model {model.name}: the bundled weights are missing from {path}; reinstall sdlab "
+                             "(they are package data) or train them with `sdlab model train --export-to " f"{path}`")
+        return path
     if model.source == "path":
         path = Path(model.path or "").expanduser()
         if not path.exists():
             raise ModelError(f"model {model.name}: {path} does not exist; fix `model.path` in sdlab.yaml")
         return path
     if model.source != "build":
-        raise ModelError(f"model {model.name} has source {model.source!r}; only 'build' and 'path' can be uploaded")
+        raise ModelError(f"model {model.name} has source {model.source!r}; only 'bundled', 'build' and 'path' can be uploaded")
     out = cache_dir / f"{model.name}-{model.variant}-seed{model.seed}"
     if (out / "model_index.json").exists() and (out / MARKER).exists():
         return out

@@ -17,12 +17,13 @@ TEST_CONFIG = {
     "stack": {"name": "sdlabtest", "region": "us-east-1"},
     "limits": {"max_steps": 50, "max_side_px": 1024, "max_pixels": 512 * 512, "max_images_per_task": 4},
     "runtimes": [
-        {"name": "rt-a", "type": "sdwebui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1},
+        # rt-a and rt-c: the bundled trained model (the default); rt-b: a seeded random build, so two models differ
+        {"name": "rt-a", "type": "sdwebui", "model": {"name": "shapes", "source": "bundled"},
          "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
-        {"name": "rt-b", "type": "sdwebui", "model": {"name": "tiny-b", "variant": "tiny-wide", "seed": 2},
+        {"name": "rt-b", "type": "sdwebui", "model": {"name": "tiny-b", "source": "build", "variant": "tiny-wide", "seed": 2},
          "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
         # ComfyUI API of the same runtime server (tests/integration/test_runtimes.py)
-        {"name": "rt-c", "type": "comfyui", "model": {"name": "tiny-a", "variant": "tiny", "seed": 1},
+        {"name": "rt-c", "type": "comfyui", "model": {"name": "shapes", "source": "bundled"},
          "queue": {"visibility_timeout_seconds": 30, "max_receive_count": 2, "receive_wait_seconds": 2}},
     ],
 }

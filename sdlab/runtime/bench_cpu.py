@@ -37,6 +37,7 @@ def smoke_bench(
     repeats: int = 5,
     guidance_scale: float = 7.0,
     device: str | None = None,
+    prompt: str = "a red fox in the snow, detailed oil painting",
 ) -> dict:
     """Time ``repeats`` single-image txt2img runs (after one warm-up) and return the figures.
 
@@ -45,7 +46,7 @@ def smoke_bench(
     """
     pipe = load_pipeline(Path(model_dir), device=device)
     kwargs = {
-        "prompt": "a red fox in the snow, detailed oil painting",
+        "prompt": prompt,
         "num_inference_steps": steps,
         "guidance_scale": guidance_scale,
         "width": width,

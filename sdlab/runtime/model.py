@@ -49,6 +49,9 @@ class Preset:
     groups: int = 8
     # Per-variant colour cast of the decoder, so variants look different at a glance.
     palette: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+    layers_per_block: int = 1
+    attention_first: bool = False  # cross-attention in the first (full latent resolution) block too
+    sample_size: int = 32  # latent side the UNet is trained at (its config's default image side / 8)
 
 
 PRESETS: dict[str, Preset] = {
@@ -68,6 +71,18 @@ PRESETS: dict[str, Preset] = {
         attention_head_dim=16,
         palette=(-0.3, 0.05, 0.4),
     ),
+    # The trained captioned-shapes model (sdlab.shapes): same family, sized to learn and still run < 1 s on a CPU.
+    "shapes": Preset(
+        unet_channels=(64, 128, 128),
+        text_hidden=128,
+        text_layers=3,
+        text_heads=4,
+        attention_head_dim=4,
+        vae_channels=(32, 64, 64, 64),
+        groups=16,
+        attention_first=True,
+        sample_size=16,
+    ),
 }
 
 
@@ -77,14 +92,18 @@ def _make_components(preset: Preset, vocab_size: int, bos_id: int, eos_id: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     n_down = len(preset.unet_channels)
+    if preset.attention_first:  # SD's own layout: attention everywhere but the lowest resolution
+        down = ("CrossAttnDownBlock2D",) * (n_down - 1) + ("DownBlock2D",)
+    else:
+        down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_down - 1)
     unet = UNet2DConditionModel(
-        sample_size=32,
+        sample_size=preset.sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=preset.unet_channels,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_down - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n_down - 1) + ("UpBlock2D",),
-        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=tuple(t.replace("Down", "Up") for t in reversed(down)),
+        layers_per_block=preset.layers_per_block,
         cross_attention_dim=preset.text_hidden,
         attention_head_dim=preset.attention_head_dim,
         norm_num_groups=preset.groups,
@@ -99,7 +118,7 @@ def _make_components(preset: Preset, vocab_size: int, bos_id: int, eos_id: int):
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=preset.groups,
-        sample_size=256,
+        sample_size=preset.sample_size * 8,
         scaling_factor=0.18215,
     )
     text_config = CLIPTextConfig(

@@ -57,6 +57,7 @@ masterpiece trending artstation octane unreal engine concept award winning
 by artist greg rutkowski monet van gogh picasso rembrandt hokusai
 one two three four five six seven eight nine ten many several
 is are was be this that it its as or not very most best top
+circle circles squares triangle triangles bottom left right middle
 """
 
 
@@ -113,7 +114,7 @@ def learn_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_vocab(num_merges: int = 600) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def build_vocab(num_merges: int = 1000) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Build the CLIP-layout vocabulary and merges from :data:`CORPUS`."""
     merges = learn_merges(CORPUS.split(), num_merges)
     symbols = list(bytes_to_unicode().values())
@@ -127,7 +128,7 @@ def build_vocab(num_merges: int = 600) -> tuple[dict[str, int], list[tuple[str, 
     return vocab, merges
 
 
-def write_tokenizer(out_dir: Path, num_merges: int = 600) -> dict[str, int]:
+def write_tokenizer(out_dir: Path, num_merges: int = 1000) -> dict[str, int]:
     """Write ``vocab.json``, ``merges.txt`` and the tokenizer configs into ``out_dir``.
 
     The folder loads with ``CLIPTokenizer.from_pretrained(out_dir, local_files_only=True)``.

@@ -15,15 +15,17 @@ OTHER_BUCKET = "agent-test-other"  # not allowed
 
 @pytest.fixture(scope="session")
 def runtime_url(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m sdlab.runtime` serving tiny-a (startup model) and tiny-b; models built into the shared cache."""
+    """`python -m sdlab.runtime` serving tiny-a (startup model), tiny-b (built into the shared cache) and shapes (the
+    bundled model, which the named workflow templates name)."""
     from sdlab.config import ModelSettings
     from sdlab.local.processes import free_port, http_ok, spawn, stop, wait_until
     from sdlab.models import build_or_locate
 
     models = tmp_path_factory.mktemp("agent-models")
-    for model in (ModelSettings(name="tiny-a", variant="tiny", seed=1),
-                  ModelSettings(name="tiny-b", variant="tiny-wide", seed=2)):
+    for model in (ModelSettings(name="tiny-a", source="build", variant="tiny", seed=1),
+                  ModelSettings(name="tiny-b", source="build", variant="tiny-wide", seed=2)):
         (models / model.name).symlink_to(build_or_locate(model, model_cache))
+    (models / "shapes").symlink_to(build_or_locate(ModelSettings(name="shapes"), model_cache))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("agent-runtime") / "runtime.log"

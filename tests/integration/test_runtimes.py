@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 TXT2IMG = json.loads((EVENTS / "comfyui_txt2img_api.json").read_text())
 IMG2IMG = json.loads((EVENTS / "comfyui_img2img_api.json").read_text())
+# rt-c serves the bundled model (tests/conftest.py): the graphs name it as their ComfyUI ckpt_name
+TXT2IMG["4"]["inputs"]["ckpt_name"] = IMG2IMG["1"]["inputs"]["ckpt_name"] = "shapes"
 
 
 def _png(size=(96, 64), colour=(40, 90, 200)) -> bytes:
@@ -96,9 +98,9 @@ def test_runtimes_sdwebui_model_switch_through_the_api(stack, client):
     assert note.status.value == "completed", note.error
     assert _result(stack, switched.id)["info"]["sd_model_name"] == "tiny-b"
     back = client.submit("rt-a", "switch back", payload={"steps": 3, "width": 64, "height": 64,
-                                                          "override_settings": {"sd_model_checkpoint": "tiny-a"}})
+                                                          "override_settings": {"sd_model_checkpoint": "shapes"}})
     assert client.wait(back.id, timeout=120)[back.id].status.value == "completed"
-    assert _result(stack, back.id)["info"]["sd_model_name"] == "tiny-a"
+    assert _result(stack, back.id)["info"]["sd_model_name"] == "shapes"
     missing = client.submit("rt-a", "no such model", payload={"steps": 3, "width": 64, "height": 64,
                                                               "override_settings": {"sd_model_checkpoint": "sdxl"}})
     failed = client.wait(missing.id, timeout=120)[missing.id]

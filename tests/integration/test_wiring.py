@@ -86,5 +86,5 @@ def test_batch_settings_reach_the_runtime_and_the_agent(test_settings):
     settings = test_settings.model_copy(update={"runtimes": (rt, *test_settings.runtimes[1:])})
     env, args, _ = rendered(settings, rt)
     assert env["SDLAB_AGENT_MAX_BATCH"] == "8"
-    assert _without_location(args) == ["--model", "tiny-a", "--max-batch", "8", "--max-batch-wait-ms", "20",
+    assert _without_location(args) == ["--model", "shapes", "--max-batch", "8", "--max-batch-wait-ms", "20",
                                        "--batch-buckets", "1,2,4,8"]
