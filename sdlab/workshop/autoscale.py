@@ -86,7 +86,7 @@ def plot(timeline: Any) -> Any:
     twin.step(timeline["t_s"], timeline["pods"], where="post", color="tab:red", label="pods")
     twin.set_ylabel("pods")
     twin.set_ylim(bottom=0, top=max(2, int(timeline["pods"].max()) + 1))
-    fig.legend(loc="upper right", fontsize=8)
+    fig.legend(loc="upper left", bbox_to_anchor=(0.1, 0.97), fontsize=8)
     fig.tight_layout()
     return fig
 
