@@ -57,7 +57,7 @@ class TaskBars:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bars = {i: tqdm(total=2, desc=f"task {i[:8]}", bar_format="{desc} {bar} {postfix}") for i in task_ids}
+            self._bars = {i: tqdm(total=2, desc=f"task {i[:8]}", bar_format="{desc} {bar}") for i in task_ids}
 
     def _seen(self, task_id: str, status: str) -> None:
         if not self.transitions[task_id] or self.transitions[task_id][-1] != status:
@@ -65,8 +65,7 @@ class TaskBars:
             bar = self._bars.get(task_id)
             if bar is not None:
                 bar.n = STAGES.get(status, 2)
-                bar.set_postfix_str(status)
-                bar.refresh()
+                bar.set_description_str(f"task {task_id[:8]} {status:<9}")  # refreshes the bar
 
     def __call__(self, done: dict[str, Notification]) -> None:
         for task_id, note in done.items():

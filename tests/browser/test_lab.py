@@ -105,13 +105,12 @@ def test_lab_runs_first_images_notebook_and_generate_adds_an_image(lab):
             _cells_done(page)
             generate = page.locator("button.widget-button", has_text="Generate")
             generate.wait_for(timeout=30_000)
-            images = page.locator(".jp-Notebook img")
-            before = images.count()
-            assert before >= 1, "the run from the notebook showed images"
+            in_form = ".jp-Notebook .widget-vbox img"  # images the form's output area shows
+            before = page.locator(in_form).count()
+            assert before >= 1, "the run from the notebook showed its images in the form"
             generate.click()
-            page.wait_for_function(f"() => document.querySelectorAll('.jp-Notebook img').length > {before}", timeout=180_000)
-            newest = images.nth(images.count() - 1)
-            newest.evaluate("e => e.scrollIntoView({block: 'center'})")
+            page.wait_for_function(f"() => document.querySelectorAll('{in_form}').length > {before}", timeout=180_000)
+            page.locator(in_form).last.evaluate("e => e.scrollIntoView({block: 'end'})")
             page.screenshot(path=str(SHOTS / "generate.png"), full_page=False)
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
             assert not [e for e in errors if "Error" in e], errors
