@@ -23,7 +23,7 @@ def compare(settings: Settings, runtime: str, workload: Workload, instance_types
     overrides the facts' Spot interruption rate (to see its effect in a short run)."""
     import pandas as pd
 
-    overrides = {} if interruptions_per_hour is None else {"interruptions_per_hour": interruptions_per_hour}
+    overrides: dict[str, Any] = {} if interruptions_per_hour is None else {"interruptions_per_hour": interruptions_per_hour}
     rows = []
     for itype in instance_types:
         for mix in capacity_mixes:
