@@ -54,3 +54,26 @@ def diff(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) ->
 def problems(objects: dict[str, dict[str, Any]]) -> list[str]:
     """What the Kubernetes schemas and the KEDA/Karpenter CRDs reject ([] when all is valid)."""
     return validate_all(list(objects.values()))
+
+
+def operations(objects: dict[str, dict[str, Any]]) -> Any:
+    """Per runtime, what a rollout, a node scale-in and a scale-to-zero may do to running tasks, from the rendered
+    objects: the Deployment's rolling update and grace period, the PodDisruptionBudget, Karpenter's consolidation and
+    KEDA's polling and cooldown. A DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for key, deployment in objects.items():
+        if not key.startswith("Deployment/"):
+            continue
+        name = key.split("/", 1)[1]
+        rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
+        pdb = objects.get(f"PodDisruptionBudget/{name}", {}).get("spec", {})
+        pool = objects.get(f"NodePool/{name}", {}).get("spec", {}).get("disruption", {})
+        scaled = objects.get(f"ScaledObject/{name}", {}).get("spec", {})
+        rows.append({"deployment": name, "max_surge": rolling.get("maxSurge"), "max_unavailable": rolling.get("maxUnavailable"),
+                     "grace_s": deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds"),
+                     "pdb_max_unavailable": pdb.get("maxUnavailable"), "node_consolidation": pool.get("consolidationPolicy"),
+                     "consolidate_after": pool.get("consolidateAfter"), "keda_polling_s": scaled.get("pollingInterval"),
+                     "keda_cooldown_s": scaled.get("cooldownPeriod")})
+    return pd.DataFrame(rows)

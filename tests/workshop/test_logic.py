@@ -109,3 +109,10 @@ def test_cost_monthly_fixed_cluster_against_sagemaker(settings):
     table = cost.monthly(settings, [10, 1_000_000])
     assert table["sdlab_eks_usd"].iloc[0] == pytest.approx(cost.fixed_per_hour(settings) * 730, rel=0.01)
     assert table["sdlab_eks_usd"].iloc[1] < table["sagemaker_async_min0_usd"].iloc[1]
+
+
+def test_operations_reads_rollout_and_scale_in_settings_per_runtime(settings):
+    table = manifests.operations(manifests.render(settings))
+    assert sorted(table["deployment"]) == sorted(f"sdlab-{rt.name}" for rt in settings.runtimes)
+    longest_task = max(rt.queue.visibility_timeout_seconds for rt in settings.runtimes)
+    assert (table["grace_s"] > longest_task).all() and (table["max_unavailable"] == 0).all()
