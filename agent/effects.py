@@ -59,8 +59,10 @@ class Effects:
 
     def discard_outputs(self, task: TaskMessage, count: int) -> None:
         """Remove what a task wrote when its result must not stand (it was cancelled meanwhile)."""
-        keys = [image_key(task.prefix, task.id, n) for n in range(count)] + [result_key(task.prefix, task.id)]
-        self.clients.s3.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+        # one DeleteObject per key (at most max_images_per_task + 1): a refused one raises, where DeleteObjects
+        # answers 200 and lists its refusals in `Errors`
+        for key in [image_key(task.prefix, task.id, n) for n in range(count)] + [result_key(task.prefix, task.id)]:
+            self.clients.s3.delete_object(Bucket=self.settings.bucket, Key=key)
 
     # -- status and notification -------------------------------------------------------------------
     def end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None, error: str | None = None,

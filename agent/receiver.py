@@ -23,7 +23,7 @@ from agent.effects import Effects
 from agent.jobs import Inflight, Job
 from agent.settings import AgentSettings
 from agent.supervise import Supervisor
-from sdlab.contracts import TaskMessage, TaskStatus
+from sdlab.contracts import TaskMessage, TaskStatus, check_task_prefix
 from sdlab.taskstore import TaskExists, TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class Receiver:
         attempt = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             task = TaskMessage.model_validate_json(message["Body"])
+            check_task_prefix(task.prefix, self.settings.output_prefix)  # a message can bypass the API
         except (PydanticValidationError, ValueError) as err:
             self.effects.to_dlq(message, queue_url, f"unparseable message: {str(err)[:500]}")
             metrics.TASKS.labels(status="poison").inc()

@@ -31,7 +31,7 @@ class AgentSettings:
     runtime_ready_timeout_seconds: float = 600.0
     grace_seconds: float = 165.0  # warm shutdown budget (sdlab.wiring.timing): the running task, then finishing it
     max_batch: int | None = None  # messages handed to a batching runtime at once; None: what the runtime says it holds
-    output_prefix: str = "outputs"  # every task's outputs live under it
+    output_prefix: str = "outputs"  # every task's outputs live under it (its prefix is refused otherwise)
     unhealthy_after_seconds: float = 120.0  # a thread failing this long without a success fails /healthz
     sweep_interval_seconds: float = 30.0  # how often the DLQ sweeper ends the tasks of dead-lettered messages
     finish_attempts: int = 4  # tries of each step after the runtime call (store, end, notify) before giving up

@@ -54,8 +54,9 @@ class AwsTarget:
 
 
 def client(service: str, target: AwsTarget, **kwargs: Any) -> Any:
-    """A boto3 client for `service` on `target`."""
+    """A boto3 client for `service` on `target`. Against the moto server, placeholder credentials unless
+    AWS_ACCESS_KEY_ID is set (the IAM-enforcing tests give each process the keys of its own IAM user)."""
     extra: dict[str, Any] = {}
     if target.endpoint_url:
-        extra = {"endpoint_url": target.endpoint_url, **_LOCAL_CREDENTIALS}
-    return boto3.session.Session().client(service, region_name=target.region, config=_config(), **extra, **kwargs)
+        extra = {"endpoint_url": target.endpoint_url, **({} if os.environ.get("AWS_ACCESS_KEY_ID") else _LOCAL_CREDENTIALS)}
+    return boto3.session.Session().client(service, region_name=target.region, config=_config(), **{**extra, **kwargs})

@@ -14,7 +14,8 @@ import ipaddress
 import socket
 import time
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 SIGNATURE_HEADER = "X-Sdlab-Signature"
 TIMESTAMP_HEADER = "X-Sdlab-Timestamp"
@@ -22,7 +23,7 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 
 class CallbackRefused(Exception):
-    """The URL may not be called (not https, or it resolves to a private address)."""
+    """The URL may not be called (not https, does not resolve, or resolves to an address that is not global unicast)."""
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
@@ -45,19 +46,55 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, *, tolerance_se
     return hmac.compare_digest(expected, sig)
 
 
-def check_destination(url: str, *, allow_private: bool = False) -> None:
-    """Refuse anything but https, and (unless allowed) hosts resolving to loopback, private or link-local
-    addresses — the service must not be turned into a client of its own network (169.254.169.254 and friends)."""
+@dataclass(frozen=True)
+class Destination:
+    """A checked callback URL and the one address the call connects to (resolved once: no DNS-rebinding window)."""
+
+    url: str
+    host: str
+    port: int
+    address: str  # the first checked address: the one to connect to
+    fallbacks: tuple[str, ...] = ()  # the other checked addresses, tried in order when a connection fails
+
+    def pinned_url(self, address: str | None = None) -> str:
+        """The URL with a checked address in place of the host name (TLS still verifies `host`)."""
+        parts = urlsplit(self.url)
+        address = address or self.address
+        ip = f"[{address}]" if ":" in address else address
+        return urlunsplit((parts.scheme, f"{ip}:{self.port}", parts.path or "/", parts.query, ""))
+
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 443 else f"{host}:{self.port}"
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global unicast only: not private, loopback, link-local, shared (100.64.0.0/10), ULA, multicast, reserved,
+    unspecified, nor an IPv6 form that carries an IPv4 address (mapped, 6to4, Teredo)."""
+    if isinstance(address, ipaddress.IPv6Address) and (address.ipv4_mapped or address.sixtofour or address.teredo):
+        return False
+    return address.is_global and not address.is_multicast
+
+
+def check_destination(url: str, *, allow_private: bool = False) -> Destination:
+    """Refuse anything but https, and (unless allowed) hosts with any address that is not global unicast — the
+    service must not be turned into a client of its own network (169.254.169.254 and friends). Returns the
+    destination with the address to connect to: the caller connects there, never resolving the name again."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise CallbackRefused(f"{url!r}: callbacks go to https:// URLs only")
-    if allow_private:
-        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as err:
+        port = parts.port or 443
+    except ValueError as err:
+        raise CallbackRefused(f"{url!r}: the port is not a number 1-65535") from err
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as err:
         raise CallbackRefused(f"{parts.hostname}: does not resolve ({err})") from err
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_private or address.is_loopback or address.is_link_local or address.is_reserved:
-            raise CallbackRefused(f"{parts.hostname} resolves to {address}, a non-public address")
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise CallbackRefused(f"{parts.hostname} resolves to {address}, not a global unicast address")
+    ordered = [str(a) for a in dict.fromkeys(addresses)]
+    return Destination(url=url, host=parts.hostname, port=port, address=ordered[0], fallbacks=tuple(ordered[1:]))

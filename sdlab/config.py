@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    """Request limits enforced at the API; anything larger is refused with 400."""
+    """Request limits enforced at the API: 400 above a payload limit, 413 above `max_request_bytes`."""
 
     max_steps: int = Field(150, ge=1, le=1000)
     max_side_px: int = Field(2048, ge=64)
@@ -190,6 +190,9 @@ class RuntimeSettings(_Strict):
         return value
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 class StackSettings(_Strict):
     """Names shared by every resource of one stack."""
 
@@ -200,7 +203,8 @@ class StackSettings(_Strict):
     model_prefix: str = "models"
     workflow_prefix: str = "workflows"
     input_buckets: tuple[str, ...] = Field(
-        (), description="buckets init images may be read from (s3:// URIs); the stack's own bucket is always allowed")
+        (), description="bare names of the buckets s3:// input images may come from besides the stack's own bucket "
+                        "(`s3://name` is accepted and stored as `name`); the agent may read any object in them")
 
     @field_validator("name")
     @classmethod
@@ -208,6 +212,23 @@ class StackSettings(_Strict):
         if not _NAME_RE.match(value):
             raise ValueError(f"{value!r}: use 2-40 lowercase letters, digits and '-', starting with a letter")
         return value
+
+    @field_validator("input_buckets")
+    @classmethod
+    def _bare_bucket_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """One format everywhere (config, IAM, API, agent): bare bucket names; `s3://name` is normalised."""
+        out, problems = [], []
+        for item in value:
+            name = item.removeprefix("s3://").rstrip("/")
+            if "/" in name:
+                problems.append(f"{item!r}: give a bucket name (`{name.split('/')[0]}`); input buckets are allowed whole, "
+                                "not by prefix")
+            elif not _BUCKET_RE.fullmatch(name):
+                problems.append(f"{item!r}: not a valid S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+            out.append(name)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(dict.fromkeys(out))
 
     @field_validator("output_prefix", "model_prefix", "workflow_prefix")
     @classmethod

@@ -1,7 +1,7 @@
 """The wire contracts, defined once: submit request, queue message, task record, notification, output keys.
 
 Light on purpose (pydantic only): the Lambda handlers, the queue agent and the client all import it.
-`python -m sdlab contracts schema` exports the JSON Schemas; `CONTRACT_VERSION` changes on any breaking change.
+`sdlab contracts` (or `python -m sdlab contracts`) prints the JSON Schemas; `CONTRACT_VERSION` changes on any breaking change.
 """
 
 from __future__ import annotations
@@ -47,6 +47,22 @@ def check_task_id(value: str) -> str:
     return value
 
 
+def check_prefix_format(value: str) -> str:
+    """An S3 key prefix a task may write under: no traversal, no empty segments."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9/_-]{0,126}", value) or "//" in value \
+            or value.endswith("/"):
+        raise ValueError("use letters, digits, '-', '_' and single '/' (no '..', no leading or trailing '/')")
+    return value
+
+
+def check_task_prefix(prefix: str, output_prefix: str) -> str:
+    """A per-task prefix lives under the stack's output prefix (never under models/, workflows/ or elsewhere)."""
+    check_prefix_format(prefix)
+    if prefix != output_prefix and not prefix.startswith(f"{output_prefix}/"):
+        raise ValueError(f"{prefix!r} is outside the output prefix; use {output_prefix!r} or {output_prefix}/<sub-prefix>")
+    return prefix
+
+
 class SubmitRequest(BaseModel):
     """Body of `POST /v1/tasks`. `payload` is the runtime's native body (A1111 JSON or a ComfyUI workflow)."""
 
@@ -55,7 +71,8 @@ class SubmitRequest(BaseModel):
     runtime: str = Field(min_length=1, max_length=40)
     task_type: TaskType = "text-to-image"
     id: str | None = None
-    prefix: str | None = Field(None, description="output prefix; default from config")
+    prefix: str | None = Field(None, description="where outputs go: the stack's output prefix (the default) or a "
+                                                 "prefix under it, e.g. `outputs/project-x`")
     priority: Literal["normal", "high"] = "normal"
     ttl_seconds: int | None = Field(None, ge=1, le=14 * 24 * 3600)
     callback_url: str | None = None
@@ -70,11 +87,7 @@ class SubmitRequest(BaseModel):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and (
-            not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9/_-]{0,126}", value) or "//" in value or value.endswith("/")
-        ):
-            raise ValueError("use letters, digits, '-', '_' and single '/' (no '..', no leading or trailing '/')")
-        return value
+        return None if value is None else check_prefix_format(value)
 
     @field_validator("callback_url")
     @classmethod
@@ -105,6 +118,11 @@ class TaskMessage(BaseModel):
     @classmethod
     def _id(cls, value: str) -> str:
         return check_task_id(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_prefix_format(value)
 
     def expired(self, now: float | None = None) -> bool:
         return self.ttl_seconds is not None and (now or time.time()) > self.submitted_at + self.ttl_seconds

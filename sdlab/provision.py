@@ -13,12 +13,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sdlab.api.callbacks import MAX_ATTEMPTS as CALLBACK_MAX_ATTEMPTS
 from sdlab.aws import AwsTarget, client
 from sdlab.config import QueueSettings, Settings
 from sdlab.errors import ProvisionError
 
 log = logging.getLogger(__name__)
 STACK_TAG = "sdlab:stack"
+# receives of one callbacks-queue message before SQS moves it to the DLQ: past the dispatcher's own attempts
+CALLBACK_MAX_RECEIVE_COUNT = CALLBACK_MAX_ATTEMPTS + 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class Names:
     @property
     def callbacks_queue(self) -> str:
         return f"{self.stack}-callbacks"
+
+    @property
+    def callbacks_dlq(self) -> str:
+        return f"{self.stack}-callbacks-dlq"
 
     @property
     def table(self) -> str:
@@ -229,8 +236,12 @@ def provision(settings: Settings, target: AwsTarget) -> StackResources:
         table=ensure_table(ddb, names.table, names.stack),
     )
     # webhook deliveries: every notification also lands here, for tasks that asked for a callback_url
-    cb_dlq_url, _ = ensure_queue(sqs, f"{names.callbacks_queue}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)}, names.stack)
-    cb_url, cb_arn = ensure_queue(sqs, names.callbacks_queue, {"VisibilityTimeout": "60"}, names.stack)
+    # the dispatcher parks what it gives up on in the DLQ itself (with a reason); the redrive is the backstop for a
+    # record that fails the dispatcher every time it is received
+    cb_dlq_url, cb_dlq_arn = ensure_queue(sqs, names.callbacks_dlq, {"MessageRetentionPeriod": str(14 * 24 * 3600)},
+                                          names.stack)
+    redrive = json.dumps({"deadLetterTargetArn": cb_dlq_arn, "maxReceiveCount": CALLBACK_MAX_RECEIVE_COUNT})
+    cb_url, cb_arn = ensure_queue(sqs, names.callbacks_queue, {"VisibilityTimeout": "60", "RedrivePolicy": redrive}, names.stack)
     allow_topic_to_send(sqs, cb_url, cb_arn, resources.results_topic_arn)
     ensure_subscription(sns, resources.results_topic_arn, cb_arn, None)
     resources.callbacks_queue_url, resources.callbacks_dlq_url = cb_url, cb_dlq_url
@@ -261,7 +272,8 @@ def empty_bucket(s3: Any, bucket: str) -> int:
     """Delete every object (and version) in `bucket`; returns how many."""
     count = 0
     for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        versions = page.get("Versions", []) + page.get("DeleteMarkers", [])
+        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in versions]
         for i in range(0, len(objects), 1000):
             s3.delete_objects(Bucket=bucket, Delete={"Objects": objects[i:i + 1000], "Quiet": True})
         count += len(objects)
@@ -287,7 +299,7 @@ def teardown(settings: Settings, target: AwsTarget, *, delete_bucket: bool = Tru
                 removed.append(sub["SubscriptionArn"])
         if _ignore_missing(sns.delete_topic, TopicArn=arn):
             removed.append(arn)
-    queues = [names.callbacks_queue, f"{names.callbacks_queue}-dlq"]
+    queues = [names.callbacks_queue, names.callbacks_dlq]
     for rt in settings.runtimes:
         queues += [names.queue(rt.name), names.high_queue(rt.name), names.dlq(rt.name)]
     for queue in queues:

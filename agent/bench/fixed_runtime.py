@@ -61,6 +61,13 @@ class FixedRuntime:
         return True
 
 
+LISTINGS = {  # what SD WebUI 1.10 answers, abridged
+    "/sdapi/v1/samplers": [{"name": n, "aliases": a, "options": {}} for n, a in (
+        ("DPM++ 2M", ["k_dpmpp_2m"]), ("Euler a", ["k_euler_a"]), ("Euler", ["k_euler"]), ("DDIM", []))],
+    "/sdapi/v1/schedulers": [{"name": n, "label": n.title(), "aliases": None} for n in ("automatic", "karras", "exponential")],
+}
+
+
 def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -79,6 +86,10 @@ def make_handler(rt: FixedRuntime) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             if self.path in ("/sdapi/v1/options", "/healthz", "/internal/ping"):
                 self._send(200, json.dumps({"sd_model_checkpoint": "fixed"}).encode())
+            elif self.path in LISTINGS:  # like SD WebUI, it then generates whatever sampler a request names
+                with rt.lock:
+                    rt.calls[f"GET {self.path}"] += 1
+                self._send(200, json.dumps(LISTINGS[self.path]).encode())
             elif self.path == "/_stats":
                 with rt.lock:
                     self._send(200, json.dumps(dict(rt.calls)).encode())

@@ -8,6 +8,9 @@ The project's diffusers runtime speaks the same API, so this adapter drives both
    refresh-checkpoints, find the title in sd-models, POST options, wait until GET options shows it. Switching
    through options makes the change stick, so the next task for the same model pays no load; an unknown model
    fails the task at once, naming the models the runtime has.
+4. checks `sampler_name` and `scheduler` against what the runtime offers (`/sdapi/v1/samplers`, `/schedulers`,
+   asked once per adapter): SD WebUI silently substitutes a sampler it does not know, so an unknown one fails the
+   task, naming those it offers. A runtime without these endpoints (404) is not checked.
 `override_settings` is passed through unchanged. A call that outlives the timeout interrupts the runtime.
 """
 
@@ -88,6 +91,7 @@ class SdWebUIAdapter:
         self._timeout = timeout_seconds
         self.inputs = inputs
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_seconds, connect=5.0))
+        self._offered: dict[str, tuple[list[str], set[str]] | None] = {}  # asked once: "samplers", "schedulers"
 
     def ready(self) -> bool:
         try:
@@ -102,6 +106,8 @@ class SdWebUIAdapter:
         body, wanted = prepare_payload(task.payload)
         if self.inputs is not None:
             body = self.inputs.resolve_webui(body)
+        if endpoint != "extra-single-image":
+            self.check_sampling(body)
         if wanted:
             self.ensure_model(wanted)
         reply = self._call("POST", endpoint, json=body)
@@ -119,6 +125,45 @@ class SdWebUIAdapter:
             except ValueError:
                 info = {"text": info}
         return RuntimeResult(images=[_decode_image(img, n) for n, img in enumerate(images)], info=info or {})
+
+    def offered(self, kind: str) -> tuple[list[str], set[str]] | None:
+        """What the runtime lists under `/sdapi/v1/<kind>`: (names, every accepted spelling in lower case);
+        None when it has no such endpoint."""
+        if kind not in self._offered:
+            try:
+                items = self._call("GET", kind).json()
+            except RuntimeFailure as err:
+                if "(404)" not in str(err):
+                    raise
+                log.info("runtime does not list %s; they are not checked", kind)
+                items = None
+            listing = None
+            if isinstance(items, list):
+                entries = [i for i in items if isinstance(i, dict) and i.get("name")]
+                spellings = {str(n).lower() for i in entries for n in (i["name"], i.get("label"), *(i.get("aliases") or [])) if n}
+                listing = ([str(i.get("label") or i["name"]) for i in entries], spellings)
+            self._offered[kind] = listing
+        return self._offered[kind]
+
+    def check_sampling(self, body: dict[str, Any]) -> None:
+        """Fail the task (not retryable) when it names a sampler or scheduler the runtime does not offer."""
+        for field, kind in (("sampler_name", "samplers"), ("scheduler", "schedulers")):
+            value = body.get(field)
+            if value is None:
+                continue
+            listing = self.offered(kind)
+            if listing is None:
+                continue
+            names, known = listing
+            wanted = str(value).strip().lower()
+            if wanted in known:
+                continue
+            # "DPM++ 2M Karras": a sampler with its schedule in the name, as clients of older SD WebUI send it
+            schedules = self.offered("schedulers") if field == "sampler_name" else None
+            if schedules and any(wanted.endswith(" " + s) and wanted[: -len(s) - 1] in known for s in schedules[1]):
+                continue
+            raise RuntimeFailure(f"payload.{field}: {value!r} is not offered by the runtime; use one of {names}",
+                                 retryable=False)
 
     def ensure_model(self, wanted: str) -> str:
         """Make `wanted` the runtime's checkpoint (A1111's options endpoint); returns its title."""

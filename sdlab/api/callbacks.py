@@ -23,7 +23,7 @@ import httpx
 
 from sdlab import envvars
 from sdlab.aws import AwsTarget, client
-from sdlab.callbacks import CallbackRefused, check_destination, sign
+from sdlab.callbacks import CallbackRefused, Destination, check_destination, sign
 from sdlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,23 @@ def _settings() -> CallbackSettings:
 
 
 def deliver(http: httpx.Client, url: str, body: bytes, secret: str, *, allow_private: bool) -> None:
-    """One signed POST; raises on anything but a 2xx answer."""
-    check_destination(url, allow_private=allow_private)
-    reply = http.post(url, content=body, headers={"Content-Type": "application/json", **sign(secret, body)})
+    """One signed POST to the address `check_destination` approved; raises on anything but a 2xx answer."""
+    post(http, check_destination(url, allow_private=allow_private), body, secret)
+
+
+def post(http: httpx.Client, dest: Destination, body: bytes, secret: str) -> None:
+    """POST to `dest.address` itself, with the URL's host in `Host` and as the TLS server name (SNI and
+    certificate check): the name is never resolved again, so it cannot be re-pointed after the check."""
+    headers = {"Host": dest.host_header(), "Content-Type": "application/json", **sign(secret, body)}
+    addresses = (dest.address, *dest.fallbacks)
+    for n, address in enumerate(addresses):  # ("localhost": ::1, then 127.0.0.1), all of them checked
+        try:
+            reply = http.post(dest.pinned_url(address), content=body, headers=headers,
+                              extensions={"sni_hostname": dest.host})
+            break
+        except httpx.ConnectError:
+            if n == len(addresses) - 1:
+                raise
     if not 200 <= reply.status_code < 300:
         raise httpx.HTTPStatusError(f"callback answered {reply.status_code}", request=reply.request, response=reply)
 
@@ -76,7 +90,14 @@ def deliver(http: httpx.Client, url: str, body: bytes, secret: str, *, allow_pri
 def handle_record(record: Mapping[str, Any], settings: CallbackSettings, http: httpx.Client, db: Any, sqs: Any) -> bool:
     """Deliver one notification's callback. True when done (delivered, not wanted, or given up)."""
     body = record["body"].encode()
-    task_id = json.loads(body)["id"]
+    try:
+        task_id = json.loads(body)["id"]
+        if not isinstance(task_id, str):
+            raise TypeError("id is not a string")
+    except (ValueError, KeyError, TypeError) as err:  # not a notification: no attempt can succeed
+        _park(settings, sqs, record["body"], f"not a notification ({type(err).__name__}: {err})")
+        log.error("callbacks message %s is not a notification; moved to the DLQ", record.get("messageId"))
+        return True
     item = db.get_item(TableName=settings.table, Key={"id": {"S": task_id}},
                        ProjectionExpression="callback_url").get("Item", {})
     url = item.get("callback_url", {}).get("S")
@@ -92,9 +113,7 @@ def handle_record(record: Mapping[str, Any], settings: CallbackSettings, http: h
         reason = f"{type(err).__name__}: {err}"
         if isinstance(err, CallbackRefused) or attempt >= MAX_ATTEMPTS:
             _note(db, settings.table, task_id, "failed", attempt, reason)
-            if settings.dlq_url:
-                sqs.send_message(QueueUrl=settings.dlq_url, MessageBody=record["body"], MessageAttributes={
-                    "reason": {"DataType": "String", "StringValue": reason[:1000]}})
+            _park(settings, sqs, record["body"], reason)
             log.error("callback for task %s given up after %d attempt(s): %s", task_id, attempt, reason)
             return True
         delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -102,6 +121,13 @@ def handle_record(record: Mapping[str, Any], settings: CallbackSettings, http: h
                                       VisibilityTimeout=int(delay))
         log.warning("callback for task %s failed (attempt %d), next in %.0f s: %s", task_id, attempt, delay, reason)
         return False
+
+
+def _park(settings: CallbackSettings, sqs: Any, body: str, reason: str) -> None:
+    """Copy a message the dispatcher gives up on to the callbacks DLQ, with its reason."""
+    if settings.dlq_url:
+        sqs.send_message(QueueUrl=settings.dlq_url, MessageBody=body, MessageAttributes={
+            "reason": {"DataType": "String", "StringValue": reason[:1000]}})
 
 
 def _note(db: Any, table: str, task_id: str, status: str, attempts: int, error: str | None = None) -> None:

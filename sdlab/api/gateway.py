@@ -75,8 +75,11 @@ def proxy_event(request: Request, body: bytes, api_key: str | None) -> dict[str,
 def create_app(handler: Callable[[dict[str, Any], Any], dict[str, Any]], api_keys: set[str]) -> Starlette:
     """The gateway app around `handler` accepting any of `api_keys`."""
 
+    encoded = [k.encode() for k in api_keys]
+
     def key_ok(given: str | None) -> bool:
-        return given is not None and any(hmac.compare_digest(given, k) for k in api_keys)
+        # header values arrive as latin-1 text: compare bytes, so no key (non-ASCII, odd bytes) can raise
+        return given is not None and any(hmac.compare_digest(given.encode("latin-1", "replace"), k) for k in encoded)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -1,4 +1,4 @@
-"""Lambda handlers behind API Gateway (REST, proxy integration): `POST /v1/tasks`, `GET /v1/tasks/{id}`.
+"""Lambda handler behind API Gateway (REST, proxy integration): `POST|GET /v1/tasks`, `GET|DELETE /v1/tasks/{id}`.
 
 `handler` is the Lambda entry point (API Gateway `/{proxy+}` ANY → this function). It takes a proxy event and
 returns a proxy response, on AWS and behind the local gateway alike. Settings come from SDLAB_* environment
@@ -29,6 +29,7 @@ from sdlab.contracts import (
     TaskStatus,
     Timings,
     check_task_id,
+    check_task_prefix,
     image_key,
     new_task_id,
     output_prefix,
@@ -111,7 +112,8 @@ def response(status: int, body: Any, headers: Mapping[str, str] | None = None) -
     }
 
 
-def error(status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+def error(status: int, code: str, message: str, field: str | None = None,
+          headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if field:
         body["error"]["field"] = field
@@ -136,21 +138,37 @@ def _base_url(event: Mapping[str, Any], settings: ApiSettings) -> str:
 
 def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     """Validate, record as `queued`, publish with the `runtime` attribute, answer 202."""
-    body = event.get("body")
-    if event.get("isBase64Encoded") and body:
-        body = base64.b64decode(body)
-    data = validation.parse_body(body, _header(event, "Content-Type"), settings.limits)
+    raw = event.get("body")
+    if event.get("isBase64Encoded") and raw:
+        raw = base64.b64decode(raw)
+    data = validation.parse_body(raw, _header(event, "Content-Type"), settings.limits)
     request = validation.parse_request(data)
     if request.runtime not in settings.runtimes:
-        return error(404, "unknown_runtime", f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
+        return error(404, "unknown_runtime",
+                     f"runtime {request.runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
     validation.validate_payload(request, settings.runtimes[request.runtime], settings.limits,
                                 input_buckets=settings.allowed_input_buckets)
-
-    # 1. the record first: a message must never exist for a task the status API cannot find
-    store, sns, _ = _clients(settings)
-    task_id = request.id or new_task_id()
     prefix = request.prefix or settings.output_prefix
+    try:
+        check_task_prefix(prefix, settings.output_prefix)
+    except ValueError as err:
+        raise ValidationError("prefix", str(err)) from err
+
+    # 1. the message that would be published, measured as SNS measures it
+    task_id = request.id or new_task_id()
     now = time.time()
+    message = TaskMessage(
+        id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
+        payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
+        callback_url=request.callback_url,
+    )
+    body = message.model_dump_json(exclude_none=True)
+    attributes = {"runtime": {"DataType": "String", "StringValue": request.runtime},
+                  "priority": {"DataType": "String", "StringValue": request.priority}}
+    validation.check_message_size(body, attributes, settings.limits)
+
+    # 2. the record first: a message must never exist for a task the status API cannot find
+    store, sns, _ = _clients(settings)
     location = f"s3://{settings.bucket}/{output_prefix(prefix, task_id)}"
     try:
         store.create({
@@ -161,21 +179,9 @@ def submit(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any]:
     except TaskExists:
         return error(409, "task_exists", f"a task with id {task_id!r} was already submitted; omit `id` or choose a new one", "id")
 
-    # 2. publish; if that fails nothing was accepted, so the record goes too
-    message = TaskMessage(
-        id=task_id, runtime=request.runtime, task_type=request.task_type, prefix=prefix, priority=request.priority,
-        payload=request.payload, context=request.context, submitted_at=now, ttl_seconds=request.ttl_seconds,
-        callback_url=request.callback_url,
-    )
+    # 3. publish; if that fails nothing was accepted, so the record goes too
     try:
-        sns.publish(
-            TopicArn=settings.tasks_topic_arn,
-            Message=message.model_dump_json(exclude_none=True),
-            MessageAttributes={
-                "runtime": {"DataType": "String", "StringValue": request.runtime},
-                "priority": {"DataType": "String", "StringValue": request.priority},
-            },
-        )
+        sns.publish(TopicArn=settings.tasks_topic_arn, Message=body, MessageAttributes=attributes)
     except Exception:  # any publish failure: undo and tell the client to retry
         log.exception("publish failed for task %s", task_id)
         store.delete(task_id)
@@ -210,7 +216,8 @@ def list_tasks(event: Mapping[str, Any], settings: ApiSettings) -> dict[str, Any
     if not runtime:
         raise ValidationError("runtime", f"required; tasks are listed per runtime, one of {sorted(settings.runtimes)}")
     if runtime not in settings.runtimes:
-        return error(404, "unknown_runtime", f"runtime {runtime!r} does not exist; use one of {sorted(settings.runtimes)}", "runtime")
+        return error(404, "unknown_runtime", f"runtime {runtime!r} does not exist; use one of {sorted(settings.runtimes)}",
+                     "runtime")
     status = query.get("status")
     if status is not None and status not in {s.value for s in TaskStatus}:
         raise ValidationError("status", f"{status!r} is not a status; use one of {[s.value for s in TaskStatus]}")

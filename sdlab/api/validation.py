@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,11 +20,6 @@ from sdlab.contracts import SubmitRequest
 from sdlab.errors import ValidationError
 from sdlab.workflows import check_name, check_params
 
-# A1111 sampler names the runtimes accept (SD WebUI `modules/sd_samplers*.py` titles).
-SAMPLERS = (
-    "Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE",
-    "DPM++ SDE Karras", "DPM++ 2S a", "DDIM", "PLMS", "PNDM", "UniPC", "LCM",
-)
 TASK_TYPES_BY_RUNTIME = {
     "sdwebui": ("text-to-image", "image-to-image", "extra-single-image"),
     "diffusers": ("text-to-image", "image-to-image"),
@@ -32,14 +28,50 @@ TASK_TYPES_BY_RUNTIME = {
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
 
 
+MAX_JSON_DEPTH = 64  # nesting of objects and arrays in a request body (ComfyUI graphs need about 5)
+MAX_INT_DIGITS = 20  # beyond ±10**20 no field means anything; Python would spend time on a 4000-digit int
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValidationError("body", f"{name} is not JSON; send finite numbers")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValidationError("body", f"the number {text[:40]} is out of range; send finite numbers")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValidationError("body", f"an integer of {len(text)} digits is out of range; keep integers under "
+                              f"{MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValidationError("body", f"the key {key[:64]!r} appears twice in one object; send it once")
+        out[key] = value
+    return out
+
+
+def _depth(data: Any) -> int:
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def parse_body(body: str | bytes | None, content_type: str | None, limits: Limits) -> dict[str, Any]:
-    """Size, media type and JSON checks on the raw body."""
-    raw = body.encode() if isinstance(body, str) else (body or b"")
-    if len(raw) > limits.max_request_bytes:
-        raise ValidationError(
-            "body", f"{len(raw)} bytes is over the {limits.max_request_bytes}-byte limit (the SNS message limit); "
-            "send init images as s3:// URIs instead of base64", status=413,
-        )
+    """Media type and strict JSON: UTF-8 only, no duplicate keys, finite numbers, bounded nesting."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else (body or b"")
     media = (content_type or "").split(";")[0].strip().lower()
     if media != "application/json":
         raise ValidationError(
@@ -47,12 +79,36 @@ def parse_body(body: str | bytes | None, content_type: str | None, limits: Limit
             "'Content-Type: application/json'", status=415,
         )
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValidationError("body", f"not UTF-8 (byte {err.start}); send a JSON object encoded as UTF-8") from err
+    try:
+        data = json.loads(text, object_pairs_hook=_object, parse_float=_parse_float, parse_int=_parse_int,
+                          parse_constant=_reject_constant)
+    except RecursionError as err:
+        raise ValidationError("body", f"nested deeper than {MAX_JSON_DEPTH} levels; send a flatter JSON object") from err
+    except ValueError as err:
         raise ValidationError("body", f"not valid JSON ({err}); send a JSON object") from err
     if not isinstance(data, dict):
         raise ValidationError("body", f"a JSON {type(data).__name__} was sent; send a JSON object with `runtime` and `payload`")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ValidationError("body", f"nested deeper than {MAX_JSON_DEPTH} levels; send a flatter JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate escape such as "\ud800": no UTF-8 text can carry it
+        raise ValidationError("body", "a string holds an unpaired surrogate escape (\\ud800-\\udfff); send valid "
+                              "Unicode text") from err
     return data
+
+
+def check_message_size(message: str, attributes: Mapping[str, Mapping[str, str]], limits: Limits) -> None:
+    """413 when the message that would be published (body and attributes, as SNS counts them) is over the limit."""
+    size = len(message.encode("utf-8")) + sum(
+        len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode()) for name, a in attributes.items())
+    if size > limits.max_request_bytes:
+        raise ValidationError(
+            "body", f"the task message would be {size} bytes, over the {limits.max_request_bytes}-byte limit (the SNS "
+            "message limit); send init images as s3:// URIs instead of base64", status=413)
 
 
 def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +157,8 @@ def check_task_type(request: SubmitRequest, runtime_type: str) -> None:
     allowed = TASK_TYPES_BY_RUNTIME[runtime_type]
     if request.task_type not in allowed:
         raise ValidationError(
-            "task_type", f"{request.task_type!r} is not served by {runtime_type} runtime {request.runtime!r}; use one of {list(allowed)}"
+            "task_type",
+            f"{request.task_type!r} is not served by {runtime_type} runtime {request.runtime!r}; use one of {list(allowed)}"
         )
 
 
@@ -164,10 +221,9 @@ def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limi
     """The A1111 txt2img/img2img fields the runtimes use, with the project's limits."""
     _string(payload, "prompt")
     _string(payload, "negative_prompt")
+    # which samplers and schedulers exist is the runtime's to say: the agent checks them against its lists
     _string(payload, "sampler_name", 64)
-    sampler = payload.get("sampler_name")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise ValidationError("payload.sampler_name", f"{sampler!r} is unknown; use one of {list(SAMPLERS)}")
+    _string(payload, "scheduler", 64)
     _int(payload, "steps", 1, limits.max_steps, 20)
     _number(payload, "cfg_scale", 0, 30)
     _number(payload, "denoising_strength", 0, 1)
@@ -176,14 +232,17 @@ def check_webui_payload(task_type: str, payload: Mapping[str, Any], limits: Limi
     height = _int(payload, "height", 64, side, 512, "; it must be a multiple of 8")
     for key, value in (("width", width), ("height", height)):
         if value % 8:
-            raise ValidationError(f"payload.{key}", f"{value} is not a multiple of 8; use {value - value % 8} or {value + 8 - value % 8}")
+            raise ValidationError(f"payload.{key}",
+                                  f"{value} is not a multiple of 8; use {value - value % 8} or {value + 8 - value % 8}")
     if width * height > limits.max_pixels:
-        raise ValidationError("payload.width", f"{width}x{height} is over the {limits.max_pixels}-pixel limit; lower width or height")
+        raise ValidationError("payload.width",
+                              f"{width}x{height} is over the {limits.max_pixels}-pixel limit; lower width or height")
     _int(payload, "seed", -1, 2**32 - 1, -1)
     batch = _int(payload, "batch_size", 1, limits.max_images_per_task, 1)
     n_iter = _int(payload, "n_iter", 1, limits.max_images_per_task, 1)
     if batch * n_iter > limits.max_images_per_task:
-        raise ValidationError("payload.batch_size", f"batch_size x n_iter = {batch * n_iter} images; keep it at most {limits.max_images_per_task}")
+        raise ValidationError("payload.batch_size", f"batch_size x n_iter = {batch * n_iter} images; "
+                              f"keep it at most {limits.max_images_per_task}")
     settings = payload.get("override_settings")
     if settings is not None and not isinstance(settings, Mapping):
         raise ValidationError("payload.override_settings", "must be an object, e.g. {\"sd_model_checkpoint\": \"name\"}")

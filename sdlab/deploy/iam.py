@@ -2,15 +2,18 @@
 
 Principals and what each may do (nothing else):
 - the API function (Lambda): publish to the tasks topic, write/read its task records, read outputs to presign URLs;
-- each runtime's queue agent (EKS Pod Identity): consume its own queues, park poison messages in its DLQ, write
-  outputs, read models/workflows/allowed input images, publish results, move task records;
+- the callback dispatcher (Lambda): consume the callbacks queue, park given-up deliveries in its DLQ, note the outcome;
+- each runtime's queue agent (EKS Pod Identity): consume its own queues, park poison messages in its DLQ, write and
+  discard outputs (under the output prefix, where every per-task prefix lives), read input images and workflow
+  templates (the stack's bucket and `stack.input_buckets`), publish results, move task records;
 - the KEDA operator: read the depth of the work queues;
 - the Mountpoint for S3 CSI driver: list and read the model prefix;
 - the Karpenter controller: launch and terminate its own tagged GPU nodes, read its interruption queue;
 - the GPU nodes: AWS managed node policies.
 
-`Resource: "*"` appears only for actions that AWS does not scope to resources (REQUIRES_WILDCARD_RESOURCE);
-tests/deploy/test_iam.py fails on any other wildcard.
+`Resource: "*"` appears only for actions that AWS does not scope to resources (REQUIRES_WILDCARD_RESOURCE).
+tests/iam/ runs the API function, the agents and the callback dispatcher with exactly these policies against a
+moto server that enforces them; removing any statement of theirs fails a test there.
 """
 
 from __future__ import annotations
@@ -145,29 +148,39 @@ def lambda_policy(settings: Settings, names: DeployNames, arns: Arns) -> dict[st
 
 
 def input_object_arns(settings: Settings, arns: Arns) -> list[str]:
-    """`stack.input_buckets` (s3://bucket[/prefix]) as object ARNs."""
-    out = []
-    for uri in settings.stack.input_buckets:
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        out.append(arns.objects(bucket, prefix))
-    return out
+    """Where s3:// input images may come from: the stack's own bucket and `stack.input_buckets` (bare names), whole."""
+    return [arns.objects(b) for b in dict.fromkeys((settings.stack.bucket_name, *settings.stack.input_buckets))]
 
 
 def agent_policy(settings: Settings, runtime: RuntimeSettings, names: DeployNames, arns: Arns) -> dict[str, Any]:
     base, stack = names.base, settings.stack
     work = [arns.sqs(base.queue(runtime.name)), arns.sqs(base.high_queue(runtime.name))]
     dlq = arns.sqs(base.dlq(runtime.name))
-    reads = [arns.objects(base.bucket, stack.model_prefix), arns.objects(base.bucket, stack.workflow_prefix),
-             *input_object_arns(settings, arns)]
+    # input images (the stack's bucket and the allow-listed ones) and named workflows (the stack's bucket)
+    reads = input_object_arns(settings, arns)
     return _document(
         _statement("ConsumeOwnQueues", ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                         "sqs:GetQueueAttributes"], work),
         _statement("ParkInOwnDlq", ["sqs:SendMessage", "sqs:GetQueueAttributes"], [dlq]),
-        _statement("WriteOutputs", ["s3:PutObject"], [arns.objects(base.bucket, stack.output_prefix)]),
+        # per-task prefixes live under the output prefix; DeleteObject: a cancel that wins discards the images
+        _statement("WriteOutputs", ["s3:PutObject", "s3:DeleteObject"], [arns.objects(base.bucket, stack.output_prefix)]),
         _statement("ReadInputs", ["s3:GetObject"], reads),
         _statement("PublishResults", ["sns:Publish"], [arns.sns(base.results_topic)]),
         _statement("MoveTaskRecords", ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"],
                    [arns.table(base.table)]),
+    )
+
+
+def callback_policy(settings: Settings, names: DeployNames, arns: Arns) -> dict[str, Any]:
+    """The callback dispatcher: consume the callbacks queue, park given-up deliveries in its DLQ, note the outcome."""
+    base = names.base
+    return _document(
+        _statement("ConsumeCallbacks", ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                                        "sqs:GetQueueAttributes"], [arns.sqs(base.callbacks_queue)]),
+        _statement("ParkInCallbacksDlq", ["sqs:SendMessage"], [arns.sqs(base.callbacks_dlq)]),
+        _statement("NoteDelivery", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [arns.table(base.table)]),
+        _statement("OwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+                   [arns.of("logs", f"log-group:{names.callbacks_log_group}:*")]),
     )
 
 
@@ -239,7 +252,9 @@ def role_specs(settings: Settings, names: DeployNames, arns: Arns) -> list[RoleS
     """Every role the stack needs, serverless layer first."""
     pod = pod_identity_trust(arns.account)
     specs = [RoleSpec(names.lambda_role, "lambda", "sdlab API function", service_trust("lambda.amazonaws.com", arns.account),
-                      lambda_policy(settings, names, arns))]
+                      lambda_policy(settings, names, arns)),
+             RoleSpec(names.callbacks_role, "callbacks", "sdlab callback dispatcher function",
+                      service_trust("lambda.amazonaws.com", arns.account), callback_policy(settings, names, arns))]
     for rt in settings.runtimes:  # the ServiceAccount is the one the manifests give the runtime's pods
         specs.append(RoleSpec(names.agent_role(rt.name), f"agent:{rt.name}", f"sdlab queue agent of {rt.name}", pod,
                               agent_policy(settings, rt, names, arns),

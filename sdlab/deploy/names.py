@@ -76,6 +76,14 @@ class DeployNames:
     def lambda_role(self) -> str:
         return _fit(f"{self.stack}-api-lambda")
 
+    @property
+    def callbacks_role(self) -> str:
+        return _fit(f"{self.stack}-callbacks-lambda")
+
+    @property
+    def callbacks_log_group(self) -> str:
+        return f"/aws/lambda/{self.stack}-callbacks"
+
     def agent_role(self, runtime: str) -> str:
         return _fit(f"{self.stack}-{runtime}-agent")
 

@@ -75,7 +75,7 @@ def build_plan(settings: Settings, *, account: str = "111122223333", cluster: bo
         for queue in (base.queue(rt.name), base.high_queue(rt.name), base.dlq(rt.name)):
             items.append(PlanItem(s, "SQS queue", queue, 0.0, _per_use("sqs")))
         items.append(PlanItem(s, "SNS subscriptions", f"{base.tasks_topic} -> {base.queue(rt.name)} (+high)", 0.0, ""))
-    for queue in (base.callbacks_queue, f"{base.callbacks_queue}-dlq"):
+    for queue in (base.callbacks_queue, base.callbacks_dlq):
         items.append(PlanItem(s, "SQS queue", queue, 0.0, f"webhook deliveries; {_per_use('sqs')}"))
     for spec in role_specs(settings, names, Arns(account, settings.stack.region)):
         items.append(PlanItem(s, "IAM role", spec.name, 0.0, spec.description))

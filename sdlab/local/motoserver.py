@@ -23,11 +23,13 @@ class MotoServer:
         return stop([self.proc])
 
 
-def start(log_path: Path, env: Mapping[str, str] | None = None, timeout_seconds: float = 60.0) -> MotoServer:
-    """Start moto on a free 127.0.0.1 port (log in `log_path`) and return once it answers."""
+def start(log_path: Path, env: Mapping[str, str] | None = None, timeout_seconds: float = 60.0,
+          module: str = "moto.server") -> MotoServer:
+    """Start moto on a free 127.0.0.1 port (log in `log_path`) and return once it answers.
+    `module`: a launcher with moto's command line (tests/iam/moto_enforcing.py adds IAM resource checks)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc, popen = spawn("moto", ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], dict(env or {}), log_path, url)
+    proc, popen = spawn("moto", ["-m", module, "-H", "127.0.0.1", "-p", str(port)], dict(env or {}), log_path, url)
     try:
         wait_until(http_ok(f"{url}/moto-api/"), popen, proc, timeout_seconds)
     except BaseException:

@@ -25,6 +25,7 @@ from sdlab.local import stack as local_stack
 pytestmark = pytest.mark.integration
 OK = {"runtime": "rt-a", "payload": {"prompt": "a fox", "steps": 4, "width": 64, "height": 64}}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
+BIG_PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200_000).decode()  # 266,680 characters of base64
 BUCKET = "{bucket}"  # replaced by the stack's bucket (the one allowed source of s3:// input images)
 
 
@@ -46,7 +47,7 @@ class Case:
     method: str = "POST"
     path: str = "/v1/tasks"
     headers: dict[str, str] = field(default_factory=dict)
-    key: str | None = "valid"  # "valid", None (no header) or a literal wrong key
+    key: str | bytes | None = "valid"  # "valid", None (no header) or a literal wrong key (bytes: sent as they are)
 
 
 CORPUS = [
@@ -63,7 +64,24 @@ CORPUS = [
     Case("form_content_type", 415, "Content-Type", "'Content-Type: application/json'", b"runtime=rt-a",
          headers={"Content-Type": "application/x-www-form-urlencoded"}),
     Case("no_content_type", 415, "Content-Type", "'Content-Type: application/json'", OK, headers={"Content-Type": ""}),
-    Case("body_over_sns_limit", 413, "body", "send init images as s3:// URIs", with_payload(prompt="x" * 300_000)),
+    Case("body_over_sns_limit", 413, "body", "send init images as s3:// URIs", with_payload(init_images=[BIG_PNG])),
+    # the body is under the limit; the message the API would publish (it adds id, prefix, timestamps) is not
+    Case("message_over_sns_limit", 413, "body", "the task message would be", with_fields(context="x" * (262_144 - 130))),
+    Case("utf16_body", 400, "body", "encoded as UTF-8", json.dumps(OK).encode("utf-16")),
+    Case("utf8_bom", 400, "body", "send a JSON object", b"\xef\xbb\xbf" + json.dumps(OK).encode()),
+    Case("latin1_body", 400, "body", "encoded as UTF-8", json.dumps(with_payload(prompt="caf\u00e9"), ensure_ascii=False)
+         .encode("latin-1")),
+    Case("lone_surrogate", 400, "body", "send valid Unicode text", b'{"runtime": "rt-a", "payload": {"prompt": "\\ud800"}}'),
+    Case("nested_too_deep_for_the_parser", 400, "body", "send a flatter JSON object",
+         b'{"runtime": "rt-a", "payload": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"),
+    Case("nested_deeper_than_allowed", 400, "body", "send a flatter JSON object",
+         b'{"runtime": "rt-a", "payload": {"x": ' + b"[" * 70 + b"]" * 70 + b"}}"),
+    Case("huge_integer", 400, "body", "keep integers under 20 digits",
+         b'{"runtime": "rt-a", "payload": {"steps": ' + b"9" * 5000 + b"}}"),
+    Case("huge_float", 400, "body", "send finite numbers", b'{"runtime": "rt-a", "payload": {"cfg_scale": 1e999}}'),
+    Case("nan", 400, "body", "send finite numbers", b'{"runtime": "rt-a", "payload": {"cfg_scale": NaN}}'),
+    Case("duplicate_key", 400, "body", "appears twice in one object; send it once",
+         b'{"runtime": "rt-a", "runtime": "rt-b", "payload": {}}'),
     Case("huge_body_at_gateway", 413, None, "Request Too Long", b"{" + b" " * (10 * 1024 * 1024 + 1) + b"}"),
     # -- the envelope -------------------------------------------------------------------------------
     Case("missing_runtime", 400, "runtime", "required; add it", {"payload": OK["payload"]}),
@@ -89,6 +107,11 @@ CORPUS = [
     Case("id_with_nul_and_spaces", 400, "id", "letters, digits, '-' or '_'", with_fields(id="a b\x00c")),
     Case("prefix_traversal", 400, "prefix", "no '..'", with_fields(prefix="../outputs")),
     Case("prefix_absolute", 400, "prefix", "no leading or trailing '/'", with_fields(prefix="/etc")),
+    Case("prefix_into_models", 400, "prefix", "outside the output prefix; use 'outputs' or outputs/<sub-prefix>",
+         with_fields(prefix="models/tiny-a")),
+    Case("prefix_into_workflows", 400, "prefix", "outside the output prefix", with_fields(prefix="workflows")),
+    Case("prefix_sibling_of_outputs", 400, "prefix", "outside the output prefix", with_fields(prefix="outputs-other/x")),
+    Case("prefix_dot_dot_inside", 400, "prefix", "no '..'", with_fields(prefix="outputs/../models")),
     Case("callback_metadata_http", 400, "callback_url", "must be an https:// URL",
          with_fields(callback_url="http://169.254.169.254/latest/meta-data/")),
     Case("callback_file_url", 400, "callback_url", "must be an https:// URL", with_fields(callback_url="file:///etc/passwd")),
@@ -107,7 +130,7 @@ CORPUS = [
     Case("seed_below_minus_one", 400, "payload.seed", "use -1..4294967295", with_payload(seed=-2)),
     Case("cfg_not_number", 400, "payload.cfg_scale", "must be a number", with_payload(cfg_scale="high")),
     Case("cfg_absurd", 400, "payload.cfg_scale", "use 0..30", with_payload(cfg_scale=1e9)),
-    Case("unknown_sampler", 400, "payload.sampler_name", "use one of", with_payload(sampler_name="Nope")),
+    Case("sampler_not_string", 400, "payload.sampler_name", "must be a string", with_payload(sampler_name=["Euler"])),
     Case("prompt_not_string", 400, "payload.prompt", "must be a string", with_payload(prompt=123)),
     Case("prompt_too_long", 400, "payload.prompt", "keep it under 20000", with_payload(prompt="x" * 25_000)),
     Case("override_settings_string", 400, "payload.override_settings", "must be an object",
@@ -172,6 +195,8 @@ CORPUS = [
     Case("no_api_key", 403, None, "Forbidden", OK, key=None),
     Case("wrong_api_key", 403, None, "Forbidden", OK, key="not-the-key"),
     Case("key_in_wrong_header", 403, None, "Forbidden", OK, key=None, headers={"Authorization": "Bearer {key}"}),
+    Case("key_non_ascii", 403, None, "Forbidden", OK, key="cl\u00e9-\u00fc"),
+    Case("key_utf8_and_odd_bytes", 403, None, "Forbidden", OK, key=b"\xd0\xba\xd0\xbb\xff\xfe"),
 ]
 
 

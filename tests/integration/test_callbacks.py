@@ -73,3 +73,31 @@ def test_callback_retried_with_backoff_until_delivered(stack, client, webhook):
     record = client.status(task.id)
     assert record["callback_attempts"] == 2
     assert sum(1 for _, b in calls if json.loads(b)["id"] == task.id) == 2
+
+
+def test_callbacks_queue_parks_what_is_not_a_notification_in_its_dlq(stack):
+    """The callbacks queue has a DLQ (redrive as the backstop); a message no attempt can deliver goes there at once,
+    with its reason, instead of coming back forever."""
+    import uuid
+
+    from sdlab.aws import AwsTarget
+    from sdlab.aws import client as aws_client
+
+    sqs = aws_client("sqs", AwsTarget(stack["region"], stack["aws_endpoint_url"]))
+    queue = sqs.get_queue_url(QueueName=f"{stack['stack']}-callbacks")["QueueUrl"]
+    dlq = sqs.get_queue_url(QueueName=f"{stack['stack']}-callbacks-dlq")["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(f"{stack['stack']}-callbacks-dlq")
+    marker = f"not-json-{uuid.uuid4().hex}"
+    sqs.send_message(QueueUrl=queue, MessageBody=marker)
+    parked: dict = {}
+
+    def found() -> bool:
+        out = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"],
+                                  VisibilityTimeout=0)
+        parked.update({m["Body"]: m for m in out.get("Messages", [])})
+        return marker in parked
+
+    _wait(found, timeout=30)
+    assert "not a notification" in parked[marker]["MessageAttributes"]["reason"]["StringValue"]

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from sdlab.aws import AwsTarget, client as aws_client
+from sdlab.aws import AwsTarget
+from sdlab.aws import client as aws_client
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ INVALID = [
     (None, {"runtime": "rt-a", "payload": {}, "extra": 1}, 400, "extra"),
     (None, b"{not json", 400, "body"),
     ({"Content-Type": "text/plain"}, b'{"runtime": "rt-a", "payload": {}}', 415, "Content-Type"),
-    (None, {"runtime": "rt-a", "payload": {"prompt": "x" * 300_000}}, 413, "body"),
+    (None, {"runtime": "rt-a", "context": "x" * 300_000, "payload": {}}, 413, "body"),
 ]
 
 

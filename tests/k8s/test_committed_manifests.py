@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_committed_manifests_match_the_config(tmp_path):
     settings = load_config(ROOT / "sdlab.yaml")
     ctx = context_for(settings, account_id=PLACEHOLDER_ACCOUNT,
-                      registry=f"{PLACEHOLDER_ACCOUNT}.dkr.ecr.{settings.stack.region}.amazonaws.com", cluster=settings.stack.name)
+                      registry=f"{PLACEHOLDER_ACCOUNT}.dkr.ecr.{settings.stack.region}.amazonaws.com",
+                      cluster=settings.stack.name)
     write_manifests(render_stack(settings, ctx), tmp_path)
     fresh = {p.relative_to(tmp_path): p.read_text() for p in tmp_path.rglob("*.yaml")}
     committed = {p.relative_to(ROOT / "manifests"): p.read_text() for p in (ROOT / "manifests").rglob("*.yaml")}

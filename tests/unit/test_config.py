@@ -55,3 +55,14 @@ def test_config_invalid_yaml(tmp_path):
 def test_config_model_path_source_needs_path():
     with pytest.raises(ConfigError, match="needs `path:`"):
         parse_config({"runtimes": [{"name": "ab", "model": {"name": "m", "source": "path"}}]})
+
+
+def test_config_input_buckets_are_bare_names_and_s3_uris_are_normalised():
+    base = {"runtimes": [{"name": "rt", "model": {"name": "m"}}]}
+    settings = parse_config({**base, "stack": {"input_buckets": ["s3://team-uploads", "partner.drop", "s3://team-uploads/"]}})
+    assert settings.stack.input_buckets == ("team-uploads", "partner.drop")
+    with pytest.raises(ConfigError) as err:
+        parse_config({**base, "stack": {"input_buckets": ["s3://team-uploads/incoming", "Not_A_Bucket"]}})
+    text = str(err.value)
+    assert "stack.input_buckets" in text and "give a bucket name (`team-uploads`)" in text
+    assert "'Not_A_Bucket': not a valid S3 bucket name" in text

@@ -32,7 +32,6 @@ def test_validation_upgrades_the_guidance_v1alpha2_shape():
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "field"), [
-    ("x" * 300_000, "application/json", 413, "body"),
     ('{"runtime": "a"}', "text/plain", 415, "Content-Type"),
     ('{"runtime": "a"}', None, 415, "Content-Type"),
     ("{not json", "application/json", 400, "body"),
@@ -66,11 +65,13 @@ def test_validation_body_level(body, content_type, status, field):
     ({"runtime": "a", "payload": {"seed": -2}}, "payload.seed", "-1.."),
     ({"runtime": "a", "payload": {"batch_size": 3, "n_iter": 2}}, "payload.batch_size", "at most 4"),
     ({"runtime": "a", "payload": {"prompt": 7}}, "payload.prompt", "string"),
-    ({"runtime": "a", "payload": {"sampler_name": "Magic"}}, "payload.sampler_name", "Euler a"),
+    ({"runtime": "a", "payload": {"sampler_name": 7}}, "payload.sampler_name", "string"),
+    ({"runtime": "a", "payload": {"scheduler": ["karras"]}}, "payload.scheduler", "string"),
     ({"runtime": "a", "payload": {"override_settings": "x"}}, "payload.override_settings", "object"),
     ({"runtime": "a", "task_type": "image-to-image", "payload": {}}, "payload.init_images", "non-empty"),
     ({"runtime": "a", "task_type": "image-to-image", "payload": {"init_images": ["%%%"]}}, "payload.init_images.0", "base64"),
-    ({"runtime": "a", "task_type": "image-to-image", "payload": {"init_images": ["aGVsbG8="]}}, "payload.init_images.0", "not a PNG"),
+    ({"runtime": "a", "task_type": "image-to-image", "payload": {"init_images": ["aGVsbG8="]}},
+     "payload.init_images.0", "not a PNG"),
     ({"runtime": "a", "task_type": "image-to-image", "payload": {"init_images": ["http://169.254.169.254/x"]}},
      "payload.init_images.0", "not fetched"),
     ({"runtime": "a", "task_type": "pipeline", "payload": {"1": {}}}, "task_type", "not served by sdwebui"),
@@ -94,3 +95,17 @@ def test_validation_comfyui_workflow_shape():
     with pytest.raises(ValidationError) as info:
         check({"runtime": "c", "task_type": "pipeline", "payload": {"3": {"inputs": {}}}}, "comfyui")
     assert info.value.field == "payload.3"
+
+
+def test_validation_413_measures_the_message_that_would_be_published():
+    """The size that counts is the task message (body + attributes, as SNS counts them), not the request body:
+    whitespace in a request does not count, the fields the API adds do."""
+    attrs = {"runtime": {"DataType": "String", "StringValue": "a"}}
+    validation.check_message_size("x" * (LIMITS.max_request_bytes - 20), attrs, LIMITS)
+    with pytest.raises(ValidationError) as info:
+        validation.check_message_size("x" * (LIMITS.max_request_bytes - 10), attrs, LIMITS)
+    assert (info.value.status, info.value.field) == (413, "body") and "s3:// URIs" in str(info.value)
+    with pytest.raises(ValidationError):  # multi-byte characters count as the bytes they are
+        validation.check_message_size("é" * (LIMITS.max_request_bytes // 2 + 1), {}, LIMITS)
+    roomy = validation.parse_body(" " * 300_000 + '{"runtime": "a", "payload": {}}', "application/json", LIMITS)
+    assert roomy == {"runtime": "a", "payload": {}}
