@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_LOCAL ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-fast lint up down clean
+.PHONY: env demo test test-fast lint up down clean lab notebooks-clean
 
 env: $(STAMP)
 
@@ -38,8 +38,25 @@ lint: env
 up: env
 	$(SDLAB) up
 
+# The workshop: the stack up (or the one already running), JupyterLab on notebooks/ at 127.0.0.1; the stack stops
+# when JupyterLab does (Ctrl-C). Kernels find the stack through SDLAB_HOME.
+LAB_PORT ?= 8888
+lab: env
+	@export SDLAB_HOME="$(CURDIR)/.sdlab"; \
+	$(PY) -c "import sys; from sdlab.workshop.session import running; sys.exit(0 if running() else 1)" \
+	  && echo "using the stack already running from $$SDLAB_HOME" || $(SDLAB) up || exit 1; \
+	trap '$(SDLAB) down' EXIT; \
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(LAB_PORT) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
 down: env
 	$(SDLAB) down
+
+# notebooks are committed without outputs (tests/notebooks checks it): strip them before a commit
+notebooks-clean: env
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace --ClearMetadataPreprocessor.enabled=True \
+	  --ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags \
+	  --ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec \
+	  --ClearMetadataPreprocessor.preserve_nb_metadata_mask=language_info notebooks/[0-9][0-9]_*.ipynb
 
 clean:
 	-$(SDLAB) down 2>/dev/null

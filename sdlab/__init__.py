@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "load_config", "up", "down", "status", "display", "scaling", "sim", "__version__"]
-_SUBMODULES = {"display", "scaling", "sim"}
+__all__ = ["Client", "load_config", "up", "down", "status", "scaling", "sim", "workshop", "__version__"]
+_SUBMODULES = {"scaling", "sim", "workshop"}
 
 if TYPE_CHECKING:
     from sdlab.client import Client

@@ -13,7 +13,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +121,10 @@ class Client:
             self._sqs.tag_queue(QueueUrl=self._inbox[0], Tags={LAST_USED_TAG: str(int(time.time()))})
             self._touched = time.monotonic()
 
+    def inbox(self) -> str:
+        """The inbox queue's URL, made now if not yet: from then on every notification reaches it, whoever submitted."""
+        return self._ensure_inbox()
+
     def close(self) -> None:
         """Delete the inbox queue and its subscription."""
         if self._inbox is not None:
@@ -196,17 +200,25 @@ class Client:
             params["next_token"] = page["next_token"]
         return tasks[:limit]
 
-    def wait(self, task_ids: list[str] | str, timeout: float = 300.0) -> dict[str, Notification]:
-        """Block until a notification for every id arrived (or raise TimeoutError naming the missing ones)."""
+    def wait(self, task_ids: list[str] | str, timeout: float = 300.0,
+             progress: Callable[[dict[str, Notification]], None] | None = None) -> dict[str, Notification]:
+        """Block until a notification for every id arrived (or raise TimeoutError naming the missing ones).
+
+        `progress`, when given, is called with the notifications received so far for these ids, at least every
+        2 s while waiting (`sdlab.workshop.progress.TaskBars` draws a tqdm bar per task from it)."""
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
         inbox = self._ensure_inbox()
         deadline = time.monotonic() + timeout
+        poll_seconds = 2 if progress else 5
         while any(i not in self._seen for i in ids):
+            if progress:
+                progress({i: self._seen[i] for i in ids if i in self._seen})
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [i for i in ids if i not in self._seen]
                 raise TimeoutError(f"no notification within {timeout:.0f} s for {len(missing)} task(s): {missing[:5]}")
-            out = self._sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10, WaitTimeSeconds=min(5, max(1, int(left))))
+            out = self._sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10,
+                                            WaitTimeSeconds=min(poll_seconds, max(1, int(left))))
             for msg in out.get("Messages", []):
                 note = Notification.model_validate(json.loads(msg["Body"]))
                 if note.status.terminal:
@@ -214,7 +226,10 @@ class Client:
                 else:
                     self.events.append(note)
                 self._sqs.delete_message(QueueUrl=inbox, ReceiptHandle=msg["ReceiptHandle"])
-        return {i: self._seen[i] for i in ids}
+        done = {i: self._seen[i] for i in ids}
+        if progress:
+            progress(done)
+        return done
 
     def image_bytes(self, note: Notification) -> list[bytes]:
         out = []

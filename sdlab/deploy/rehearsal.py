@@ -1,4 +1,4 @@
-"""A moto server of its own for rehearsing the AWS deployment without an account (notebook 02, tests).
+"""A moto server of its own for rehearsing the AWS deployment without an account (notebook 13, tests).
 
 It answers IAM, Lambda, API Gateway, ECR, EKS (describe), EventBridge, SageMaker and Application Auto Scaling
 besides the messaging services, and loads AWS managed policies so node roles can attach them as on AWS.

@@ -1,7 +1,7 @@
 """`sdlab aws deploy`, serverless layer: provision → IAM → Lambda → API Gateway → interruption queue → ECR.
 
 Each step converges (idempotent, tagged `sdlab:stack=<name>`), so a failed deploy is fixed by running it again.
-The same function deploys to the moto server (tests, notebook 02 with target="local") and to a real account.
+The same function deploys to the moto server (tests, notebook 13 with target="local") and to a real account.
 """
 
 from __future__ import annotations

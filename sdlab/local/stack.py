@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sdlab import envvars
 from sdlab.aws import AwsTarget, client
@@ -45,6 +45,15 @@ def read_stack(home: str | os.PathLike[str] | None = None) -> dict[str, Any] | N
     return json.loads(path.read_text()) if path.exists() else None
 
 
+class Progress(Protocol):
+    """Told the name of each step of `up` as it begins (`sdlab.workshop.progress.UpBar` draws a tqdm bar)."""
+
+    def __call__(self, step: str) -> None: ...
+
+
+UP_STEPS = ("moto server", "provisioning", "models", "gateway", "runtimes", "agents")
+
+
 @dataclass
 class _Starting:
     """Processes started so far, so a failed `up` can stop exactly those."""
@@ -63,8 +72,10 @@ class _Starting:
 
 
 def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeout: float = START_TIMEOUT_SECONDS,
-       autoscale: bool = False) -> dict[str, Any]:
+       autoscale: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Bring the local stack up; returns what is written to stack.json.
+
+    `progress`, when given, is called with each step's name (`UP_STEPS`) as it begins.
 
     With `autoscale`, runtimes and agents are not started here: the local autoscaler starts and stops them as
     KEDA would, from queue depth and each runtime's `scaling:` values (from zero when `min_replicas` is 0)."""
@@ -76,17 +87,21 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
     logs.mkdir(parents=True, exist_ok=True)
     started = _Starting([], {})
     t0 = time.monotonic()
+    step = progress or (lambda name: None)
     try:
         # 1. AWS APIs
+        step("moto server")
         moto = motoserver.start(logs / "moto.log")
         started.procs.append(moto.proc)
         endpoint = moto.url
         target = AwsTarget(region=settings.stack.region, endpoint_url=endpoint)
 
         # 2. queues, topics, table, bucket
+        step("provisioning")
         resources = provision(settings, target)
 
         # 3. models: build/locate, upload, sync down as the mounted model prefix
+        step("models")
         s3 = client("s3", target)
         for model in {rt.model.name: rt.model for rt in settings.runtimes}.values():
             if not uploaded(s3, resources.bucket, settings.stack.model_prefix, model.name):
@@ -97,6 +112,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
         upload_workflows(s3, resources.bucket, settings.stack.workflow_prefix)  # named ComfyUI templates
 
         # 4. API gateway + Lambda handler
+        step("gateway")
         api_key = secrets.token_urlsafe(24)
         api_port = free_port()
         api_url = f"http://127.0.0.1:{api_port}"
@@ -110,6 +126,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
                       {**callback_environment(resources, target, callback_secret), envvars.CALLBACK_ALLOW_PRIVATE: "1"}, logs)
 
         # 5. runtimes (started together: model loading overlaps)
+        step("runtimes")
         threads = max(1, (os.cpu_count() or 2) // len(settings.runtimes))
         runtimes: dict[str, dict[str, Any]] = {}
         for rt in (settings.runtimes if not autoscale else ()):
@@ -132,6 +149,7 @@ def up(settings: Settings, home: str | os.PathLike[str] | None = None, *, timeou
             started.wait(proc, f"{runtimes[rt.name]['runtime_url']}/healthz", timeout)
 
         # 6. one agent beside each runtime
+        step("agents")
         for rt in (settings.runtimes if not autoscale else ()):
             health_port = free_port()
             env = agent_environment(settings, rt, Endpoints.of_stack(resources, rt.name), target,
