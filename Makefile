@@ -25,8 +25,13 @@ demo: env
 	$(SDLAB) up
 	$(SDLAB) demo --out outputs/demo; rc=$$?; $(SDLAB) down; exit $$rc
 
+# The checks run beside the suite (mypy on one core while the tests mostly wait on processes); any failure fails `make test`.
 test: env
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/ruff check sdlab agent tests
+	$(VENV)/bin/mypy > .mypy.log 2>&1 & mypy=$$!; \
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	wait $$mypy; mrc=$$?; cat .mypy.log; \
+	[ $$rc -eq 0 ] && [ $$mrc -eq 0 ]
 
 test-fast: env
 	$(PY) -m pytest -m "not integration and not faults and not notebooks" $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ inboxes idle longer than `inbox_idle_seconds` (retention.inbox_idle_hours), with
 
 from __future__ import annotations
 
+import builtins
 import io
 import json
 import time
@@ -186,9 +187,9 @@ class Client:
         """Cancel a queued or running task; raises ApiError 409 if it already ended."""
         return self._call("DELETE", f"/v1/tasks/{task_id}")
 
-    def list(self, runtime: str, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, runtime: str, *, status: str | None = None, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """Recent tasks of `runtime`, newest first, following pages up to `limit` tasks."""
-        tasks: list[dict[str, Any]] = []
+        tasks: builtins.list[dict[str, Any]] = []
         params: dict[str, Any] = {"runtime": runtime, "limit": min(limit, 200)}
         if status:
             params["status"] = status
@@ -200,7 +201,7 @@ class Client:
             params["next_token"] = page["next_token"]
         return tasks[:limit]
 
-    def wait(self, task_ids: list[str] | str, timeout: float = 300.0,
+    def wait(self, task_ids: builtins.list[str] | str, timeout: float = 300.0,
              progress: Callable[[dict[str, Notification]], None] | None = None) -> dict[str, Notification]:
         """Block until a notification for every id arrived (or raise TimeoutError naming the missing ones).
 
@@ -231,14 +232,14 @@ class Client:
             progress(done)
         return done
 
-    def image_bytes(self, note: Notification) -> list[bytes]:
+    def image_bytes(self, note: Notification) -> builtins.list[bytes]:
         out = []
         for uri in note.images:
             bucket, key = uri.removeprefix("s3://").split("/", 1)
             out.append(self._s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         return out
 
-    def images(self, note: Notification) -> list[Any]:
+    def images(self, note: Notification) -> builtins.list[Any]:
         """The task's images as PIL images."""
         from PIL import Image
 
