@@ -1,7 +1,8 @@
 """Progress bars (`tqdm.auto`: widgets in JupyterLab, text elsewhere) for the waits of a workshop.
 
-`UpBar` follows `sdlab.up` step by step; `TaskBars` draws one bar per task through queued → running → done,
-from `GET /v1/tasks/{id}` while `Client.wait` waits for the notifications.
+`UpBar` follows `sdlab.up` step by step; `TaskBars` draws one bar per task through queued → running (filled by the
+task's `progress`, the sampling steps its runtime reports) → done, from `GET /v1/tasks/{id}` while `Client.wait`
+waits for the notifications.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from sdlab.contracts import Notification
 from sdlab.local.stack import UP_STEPS
 
-STAGES = {"queued": 0, "running": 1}  # any terminal status is stage 2
+RUNNING_FROM, RUNNING_TO = 5, 99  # percent of the bar: queued 0, running 5..99 by its progress, ended 100
 
 
 class UpBar:
@@ -52,20 +53,34 @@ class TaskBars:
         self.client = client
         self.poll_seconds = poll_seconds
         self.transitions: dict[str, list[str]] = {i: [] for i in task_ids}
+        self.progress: dict[str, list[float]] = {i: [] for i in task_ids}  # each progress fraction seen while running
         self._last_poll = 0.0
         self._bars: dict[str, Any] = {}
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bars = {i: tqdm(total=2, desc=f"task {i[:8]}", bar_format="{desc} {bar}") for i in task_ids}
+            self._bars = {i: tqdm(total=100, desc=f"task {i[:8]}", bar_format="{desc} {bar} {postfix}") for i in task_ids}
 
-    def _seen(self, task_id: str, status: str) -> None:
-        if not self.transitions[task_id] or self.transitions[task_id][-1] != status:
+    def _seen(self, task_id: str, status: str, progress: dict[str, Any] | None = None) -> None:
+        changed = not self.transitions[task_id] or self.transitions[task_id][-1] != status
+        if changed:
             self.transitions[task_id].append(status)
-            bar = self._bars.get(task_id)
-            if bar is not None:
-                bar.n = STAGES.get(status, 2)
-                bar.set_description_str(f"task {task_id[:8]} {status:<9}")  # refreshes the bar
+        fraction = float(progress["fraction"]) if status == "running" and progress else None
+        if fraction is not None and (not self.progress[task_id] or self.progress[task_id][-1] != fraction):
+            self.progress[task_id].append(fraction)
+        elif not changed:
+            return
+        bar = self._bars.get(task_id)
+        if bar is not None:
+            if status == "queued":
+                bar.n = 0
+            elif status == "running":
+                bar.n = RUNNING_FROM + round((RUNNING_TO - RUNNING_FROM) * (fraction or 0.0))
+            else:
+                bar.n = 100
+            steps = f"step {progress.get('step')}/{progress.get('steps')}" if fraction is not None and progress else ""
+            bar.set_postfix_str(steps, refresh=False)
+            bar.set_description_str(f"task {task_id[:8]} {status:<9}")  # refreshes the bar
 
     def __call__(self, done: dict[str, Notification]) -> None:
         for task_id, note in done.items():
@@ -74,7 +89,8 @@ class TaskBars:
             self._last_poll = time.monotonic()
             for task_id in self.transitions:
                 if task_id not in done:
-                    self._seen(task_id, self.client.status(task_id)["status"])
+                    record = self.client.status(task_id)
+                    self._seen(task_id, record["status"], record.get("progress"))
         if len(done) == len(self.transitions):
             self.close()
 
