@@ -9,7 +9,7 @@ from sdlab.config import Settings, load_config
 from sdlab.errors import ConfigError
 from sdlab.k8s.files import write_manifests
 from sdlab.k8s.render import RenderContext, render_stack
-from sdlab.k8s.validate import validate_all
+from sdlab.k8s.validate import crds_dir, validate_all
 from sdlab.provision import Names
 
 # AWS's documentation account id: a visible placeholder until `--account-id` gives the real one.
@@ -49,7 +49,9 @@ def render_command(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems, "rendered manifests")
     paths = write_manifests(objects, args.out)
-    print(f"wrote {len(paths)} manifest(s) to {args.out} (all valid against the Kubernetes schemas and the KEDA/Karpenter CRDs)")
+    checked = "the Kubernetes schemas and the KEDA/Karpenter CRDs" if crds_dir().is_dir() else (
+        f"the Kubernetes schemas; KEDA/Karpenter CRDs NOT checked, {crds_dir()} is absent")
+    print(f"wrote {len(paths)} manifest(s) to {args.out} (all valid against {checked})")
     if account == PLACEHOLDER_ACCOUNT:
         print(f"note: account id {PLACEHOLDER_ACCOUNT} is a placeholder; pass --account-id for a real deployment")
     return 0
