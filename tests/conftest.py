@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import ssl
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,34 @@ def client(stack):
 
     with Client.from_stack(stack["home"]) as c:
         yield c
+
+
+@pytest.fixture()
+def webhook(callback_ca):
+    """An HTTPS endpoint that records calls; `fail_first` makes it answer 500 that many times first."""
+    calls: list[tuple[dict, bytes]] = []
+    state = {"fail_first": 0}
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append((dict(self.headers), body))
+            code = 500 if state["fail_first"] > 0 else 200
+            state["fail_first"] -= 1
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    callback_ca.issue_cert("127.0.0.1").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/hook", calls, state
+    server.shutdown()
 
 
 @pytest.fixture()

@@ -14,12 +14,9 @@ import contextlib
 import io
 import json
 import os
-import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -205,34 +202,11 @@ def iam(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IamStack]:
         assert not server.stop()
 
 
-@pytest.fixture()
-def webhook(callback_ca) -> Iterator[tuple[str, list[bytes]]]:
-    calls: list[bytes] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            calls.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    callback_ca.issue_cert("127.0.0.1").configure_cert(context)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}/hook", calls
-    server.shutdown()
-
-
 SMALL = {"steps": 2, "width": 64, "height": 64, "seed": 3}
 
 
-def _custom_prefix_with_callback(iam: IamStack, webhook: tuple[str, list[bytes]]) -> str:
-    url, _ = webhook
+def _custom_prefix_with_callback(iam: IamStack, webhook: tuple[str, list, dict]) -> str:
+    url, _, _ = webhook
     task = iam.client.submit("rt-a", "iam prefix", payload=SMALL, prefix="outputs/iam-team", callback_url=url).id
     record = iam.wait_status(task, {"completed", "failed"})
     assert record["status"] == "completed", record
@@ -244,7 +218,7 @@ def _custom_prefix_with_callback(iam: IamStack, webhook: tuple[str, list[bytes]]
 
 def test_iam_custom_prefix_task_and_its_callback(iam, webhook):
     task = _custom_prefix_with_callback(iam, webhook)
-    assert any(json.loads(b)["id"] == task for b in webhook[1])
+    assert any(json.loads(body)["id"] == task for _, body in webhook[1])
 
 
 def test_iam_s3_input_from_an_allowed_bucket(iam):

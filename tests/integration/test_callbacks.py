@@ -3,44 +3,13 @@
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from sdlab.callbacks import verify
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def webhook(callback_ca):
-    """An HTTPS endpoint that records calls; `fail_first` makes it answer 500 that many times first."""
-    calls: list[tuple[dict, bytes]] = []
-    state = {"fail_first": 0}
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            calls.append((dict(self.headers), body))
-            code = 500 if state["fail_first"] > 0 else 200
-            state["fail_first"] -= 1
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    callback_ca.issue_cert("127.0.0.1").configure_cert(context)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}/hook", calls, state
-    server.shutdown()
 
 
 def _wait(predicate, timeout=60.0):
