@@ -34,7 +34,7 @@ from sdlab.contracts import (
     preview_key,
     result_key,
 )
-from sdlab.taskstore import TaskStore, TransitionRefused
+from sdlab.taskstore import TaskExists, TaskStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 UNENDED_ATTRIBUTE = "unended"  # on a DLQ message whose task the agent could not end: the sweeper ends it
@@ -80,6 +80,14 @@ class Effects:
             self.clients.s3.delete_object(Bucket=self.settings.bucket, Key=key)
 
     # -- status and notification -------------------------------------------------------------------
+    def ensure_record(self, task: TaskMessage) -> None:
+        """The record of a task published straight to SNS (the API writes one for every task it accepts)."""
+        try:
+            self.clients.store.create({"id": task.id, "runtime": task.runtime, "task_type": task.task_type,
+                                       "prefix": task.prefix, "created_at": task.submitted_at})
+        except TaskExists:
+            pass  # a copy of the same message reached another agent at the same moment, and it created the record
+
     def end(self, task: TaskMessage, status: TaskStatus, *, images: list[str] | None = None, error: str | None = None,
             run_s: float | None = None, started_at: float | None = None, attempt: int | None = None,
             batch: int = 1, gpu_s: float | None = None) -> bool:
@@ -146,10 +154,8 @@ class Effects:
             self.notify(task, TaskStatus.RUNNING, [], None, Timings(queued_s=round(max(0.0, time.time() - task.submitted_at), 3)))
 
     def renotify(self, task: TaskMessage, record: dict[str, Any]) -> None:
-        """Send the notification of a task that ended without one, from its record."""
-        self.notify(task, TaskStatus(record["status"]), record.get("images", []), record.get("error"),
-                    Timings(queued_s=record.get("queued_s"), run_s=record.get("run_s")), record.get("receipt"))
-        self._mark_notified(task)
+        """Send the notification of a task that ended without one, from its record (it holds what `record_end` wrote)."""
+        self.announce(task, TaskStatus(record["status"]), record)
 
     def _mark_notified(self, task: TaskMessage) -> None:
         try:

@@ -24,7 +24,7 @@ from agent.jobs import Inflight, Job
 from agent.settings import AgentSettings
 from agent.supervise import Supervisor
 from sdlab.contracts import TaskMessage, TaskStatus, check_task_prefix
-from sdlab.taskstore import TaskExists, TransitionRefused
+from sdlab.taskstore import TransitionRefused
 
 log = logging.getLogger(__name__)
 MAX_POLL_SECONDS = 5  # bounds how long a shutdown waits for an in-flight long poll
@@ -161,11 +161,7 @@ class Receiver:
         except TransitionRefused as refused:
             if refused.current is not None:
                 return refused.current
-        try:
-            store.create({"id": task.id, "runtime": task.runtime, "task_type": task.task_type,
-                          "prefix": task.prefix, "created_at": task.submitted_at})
-        except TaskExists:
-            pass  # a copy of the same message reached another agent at the same moment, and it created the record
+        self.effects.ensure_record(task)
         try:
             store.start(task.id, started_at=time.time(), attempts=job.attempt)
         except TransitionRefused as refused:  # that copy already ended it

@@ -28,11 +28,9 @@ from agent.effects import UNENDED_ATTRIBUTE, Effects
 from agent.settings import AgentSettings
 from agent.supervise import Supervisor
 from sdlab.contracts import TaskMessage, TaskStatus
-from sdlab.taskstore import TaskExists
 
 log = logging.getLogger(__name__)
 MAX_BATCHES_PER_SWEEP = 10  # up to 100 messages looked at per sweep
-TERMINAL = {s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.EXPIRED, TaskStatus.CANCELLED)}
 
 
 class Sweeper:
@@ -98,13 +96,9 @@ class Sweeper:
         store = self.effects.clients.store
         record = store.get(task.id)
         if record is None:  # published straight to SNS and never started
-            try:
-                store.create({"id": task.id, "runtime": task.runtime, "task_type": task.task_type,
-                              "prefix": task.prefix, "created_at": task.submitted_at})
-            except TaskExists:
-                pass
+            self.effects.ensure_record(task)
             record = store.get(task.id) or {}
-        if record.get("status") in TERMINAL:
+        if TaskStatus(record.get("status", TaskStatus.QUEUED.value)).terminal:
             if "notified_at" in record or record.get("status") == TaskStatus.CANCELLED.value:
                 return 0
             self.effects.renotify(task, record)

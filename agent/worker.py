@@ -84,7 +84,7 @@ class Worker:
         self._caller = ThreadPoolExecutor(max_workers=self.calls, thread_name_prefix="call")
         self._calls_in_flight = 0
         self._busy_since = 0.0
-        self._last_end_mark = 0.0  # monotonic end of the latest runtime call (GPU time shares, below)
+        self._last_end_mark = 0.0  # monotonic end of the latest runtime call (GPU time shares, `_call_ended`)
         self.finisher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="finish")
         self._unfinished = threading.Semaphore(MAX_UNFINISHED)
         self.stopping = threading.Event()
@@ -237,15 +237,21 @@ class Worker:
             self._first_call = self._first_call or now
             self._running.extend(jobs)
 
-    def _call_ended(self, jobs: list[Job], seconds: float) -> None:
+    def _call_ended(self, jobs: list[Job], t0: float) -> None:
+        """Busy time is the union of the calls' spans; each task's GPU time is its share of the part of its call
+        that no earlier call overlapped (with two calls in flight, a call's GPU work starts when the one before ends)."""
         now = time.monotonic()
         with self._lock:
             self._calls_in_flight -= 1
-            if self._calls_in_flight == 0:  # busy time is the union of the calls' spans
+            if self._calls_in_flight == 0:
                 self.busy_seconds += now - self._busy_since
                 self._last_call_end = now
+            exclusive = max(0.0, now - max(t0, self._last_end_mark))
+            self._last_end_mark = now
             self._running = [j for j in self._running if j not in jobs]
-        metrics.RUNTIME_BUSY.observe(seconds)
+        for job in jobs:
+            job.gpu_s = exclusive / len(jobs)
+        metrics.RUNTIME_BUSY.observe(now - t0)
 
     def _run(self, jobs: list[Job]) -> None:
         started = time.time()
@@ -265,13 +271,7 @@ class Worker:
             return
         finally:
             self.progress.forget(j.task.id for j in jobs)
-            with self._lock:  # with two calls in flight, a call's GPU time starts when the one before it ended
-                t_end = time.monotonic()
-                exclusive = t_end - max(t0, self._last_end_mark)
-                self._last_end_mark = t_end
-            for job in jobs:
-                job.gpu_s = max(0.0, exclusive) / len(jobs)
-            self._call_ended(jobs, time.monotonic() - t0)
+            self._call_ended(jobs, t0)
         run_s = time.time() - started
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._unfinished.acquire()

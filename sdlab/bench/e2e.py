@@ -18,16 +18,17 @@ from typing import Any
 
 import httpx
 
+from sdlab.bench.runtime import _percentile
 from sdlab.config import Settings
 from sdlab.local import stack as local_stack
-
-PROMPTS = ("one red circle on a blue background", "two small green squares on a white background",
-           "three yellow stars on a black background", "a large purple triangle on an orange background")
+from sdlab.shapes import example_prompts
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
+def _spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"p50": round(_percentile(values, 50), 3), "p95": round(_percentile(values, 95), 3),
+            "max": round(max(values), 3), "mean": round(statistics.fmean(values), 3)}
 
 
 def _runtime_info(url: str) -> dict[str, Any]:
@@ -48,7 +49,8 @@ def run(settings: Settings, runtime: str, *, tasks: int, steps: int, size: int, 
             client.wait(warm.id, timeout=timeout)
             before = _runtime_info(runtime_url)
             t0 = time.time()
-            ids = [client.submit(runtime, PROMPTS[i % len(PROMPTS)],
+            prompts = example_prompts()
+            ids = [client.submit(runtime, prompts[i % len(prompts)],
                                  payload={"steps": steps, "width": size, "height": size, "seed": i}).id
                    for i in range(tasks)]
             submit_s = time.time() - t0
@@ -75,10 +77,8 @@ def run(settings: Settings, runtime: str, *, tasks: int, steps: int, size: int, 
         "runtime_img_per_s_while_busy": round(images / busy, 3) if busy else None,
         "batches": int(after.get("batches", 0)) - int(before.get("batches", 0)),
         "overhead_outside_runtime_ms_per_task": round(1000 * max(0.0, window - busy) / max(1, len(completed)), 2),
-        "queue_wait_s": {"p50": round(_percentile(queued, 0.5), 3), "p95": round(_percentile(queued, 0.95), 3),
-                         "max": round(max(queued, default=0.0), 3)},
-        "run_s": {"p50": round(_percentile(ran, 0.5), 3), "p95": round(_percentile(ran, 0.95), 3),
-                  "mean": round(statistics.fmean(ran), 3) if ran else None},
+        "queue_wait_s": _spread(queued),
+        "run_s": _spread(ran),
     }
     if reference_img_s:
         result["in_process_reference_img_per_s"] = reference_img_s
