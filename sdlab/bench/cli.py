@@ -21,7 +21,7 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
     models_ = args.models.split(",") if args.models else (["sd15", "sdxl"] if gpu else ["tiny"])
     batches = _ints(args.batch_sizes) if args.batch_sizes else ((1, 4, 8, 16) if gpu else (1, 2))
     compiled = _ints(args.compiled_batch_sizes) if args.compiled_batch_sizes else ((1, 8, 16) if gpu else batches)
-    repeats = args.repeats or (3 if gpu else 2)
+    repeats = args.repeats or (5 if gpu else 2)
     if args.threads:
         torch.set_num_threads(args.threads)
     extra: list[tuple[str, tuple[int, ...]]] = []
@@ -32,10 +32,25 @@ def _cmd_runtime(args: argparse.Namespace) -> int:
         extra.append((name, _ints(sizes.replace("/", ",")) if sizes else (8,)))
     result = runtime.run(models_=models_, device=device, batches=batches, compiled_batches=compiled, repeats=repeats,
                          ablation=args.ablation, steps=args.steps, size=args.size, cache_dir=args.compile_cache_dir,
-                         extra=tuple(extra))
+                         extra=tuple(extra), dtype=args.dtype)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from sdlab.bench import attention
+
+    images = {"sd15": args.sd15_images, "sdxl": args.sdxl_images}
+    result: dict = {"kernels": attention.kernels(images)}
+    for row in result["kernels"]:
+        print(json.dumps(row), flush=True)
+    result["unet_ms"] = [attention.unet(m, images[m]) for m in args.unet_models.split(",") if m]
+    for row in result["unet_ms"]:
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -88,12 +103,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--size", type=int, default=None, help="override the model's default side (512, 1024)")
     r.add_argument("--ablation", action="store_true", help="also measure each optimisation step on its own (GPU)")
     r.add_argument("--extra", default=None,
-                   help="more runtime variants after the full set, NAME@BATCHES: e.g. nographs@1,tuned@16,vae4@8/16")
+                   help="more variants after the full set, NAME@BATCHES: e.g. dcompiled@1/16 (diffusers + torch.compile), "
+                        "cudnn@16, flash@16, nographs@1, tuned@16, vae4@8/16")
     r.add_argument("--compile-cache-dir", default=None, help="compile caches here; the mega-cache is saved at the end")
+    r.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"],
+                   help="precision of every variant on the GPU, plain diffusers included (equal-precision images)")
     r.add_argument("--device", default=None)
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--json", default=None, help="write every figure here")
     r.set_defaults(fn=_cmd_runtime)
+
+    a = bench.add_parser("attention", help="each SDPA backend at SD1.5/SDXL attention shapes and in an eager UNet (GPU)")
+    a.add_argument("--sd15-images", type=int, default=16)
+    a.add_argument("--sdxl-images", type=int, default=1)
+    a.add_argument("--unet-models", default="sd15,sdxl")
+    a.add_argument("--json", default=None)
+    a.set_defaults(fn=_cmd_attention)
 
     c = bench.add_parser("coldstart", help="seconds from `python -m sdlab.runtime` to a healthy server and a first image")
     c.add_argument("--models-dir", required=True)

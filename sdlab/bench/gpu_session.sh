@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, one part per call, on a machine whose python3 has torch + CUDA.
 # Missing packages travel as wheels in .whl/ (diffusers, fastapi, uvicorn, pydantic, ...). Output goes to $OUT.
-#   bash sdlab/bench/gpu_session.sh sd15|sdxl|serve|e2e [tasks] [in-process img/s]
+#   bash sdlab/bench/gpu_session.sh sd15|sdxl|study|serve|e2e [tasks] [in-process img/s]
+#   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
+# Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
 set -u
 OUT=${OUT:-/tmp/sdlab-out}
 mkdir -p "$OUT"
 if ls .whl*/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl || exit 1
+  # one install for parts started side by side
+  flock /tmp/sdlab-site.lock sh -c 'test -f /tmp/site/.done || { python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl && touch /tmp/site/.done; }' || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
@@ -24,6 +28,24 @@ case "${1:-}" in
   sdxl)
     python3 -m sdlab bench runtime --models sdxl --batch-sizes ${3:-1,4} --compiled-batch-sizes ${2:-1,4} --repeats 2 \
       --compile-cache-dir $CACHE --json "$OUT/sdxl.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sdxl.log"
+    ;;
+  study)
+    # where the UNet's time goes: each attention backend alone and in the UNet, then SD1.5 at bf16 on every side:
+    # plain diffusers, diffusers + torch.compile, and the runtime (with a kernel profile of its UNet)
+    python3 -m sdlab bench attention --json "$OUT/attention.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision" | tee "$OUT/study.log"
+    python3 -m sdlab bench runtime --models sd15 --batch-sizes ${2:-1,16} --compiled-batch-sizes ${2:-1,16} \
+      --extra ${3:-dcompiled@1/16} --compile-cache-dir $CACHE --json "$OUT/sd15.json" 2>&1 \
+      | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee -a "$OUT/study.log"
+    ;;
+  train)
+    # the shapes model: train (or continue from INIT_MODEL) for SECONDS, export, judge 200 held-out captions
+    INIT=${3:-}
+    python3 -m sdlab model train --out /tmp/shapes-train ${INIT:+--init-from "$INIT"} --steps 100000 \
+      --time-budget "${2:-500}" --export-partial --export-to /tmp/shapes-model > "$OUT/train.log" 2>&1
+    grep -v -i "warn\|torchvision" "$OUT/train.log" | tail -25
+    tar -C /tmp -cf "$OUT/shapes-model.tar" shapes-model
+    python3 -m sdlab model eval --model /tmp/shapes-model --n 200 --device cuda --sheet "$OUT/eval-sheet.png" 2>&1 \
+      | grep -v -i "warn\|torchvision" | tee "$OUT/eval.txt"
     ;;
   serve)
     # cold start (no compile), then the compiled server: cold compile, an HTTP burst, a restart on the warm cache
@@ -72,5 +94,5 @@ YAML
       --home /tmp/e2e-home --json "$OUT/e2e.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tail -60
     for f in /tmp/e2e-home/logs/runtime-*.log /tmp/e2e-home/logs/agent-*.log; do echo "== $f"; tail -15 "$f"; done > "$OUT/e2e-logs.txt"
     ;;
-  *) echo "usage: $0 sd15|sdxl|serve|e2e"; exit 2 ;;
+  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e"; exit 2 ;;
 esac

@@ -48,11 +48,16 @@ class Row:
 
 @dataclass(frozen=True)
 class Variant:
-    """One thing to measure: a label, optimisations (None: plain diffusers ``__call__``) and batch sizes."""
+    """One thing to measure: a label, optimisations (None: plain diffusers ``__call__``) and batch sizes.
+
+    ``via="diffusers"`` calls the pipeline's own ``__call__`` after :func:`optimize.apply` (diffusers with
+    ``torch.compile``, the stronger baseline); otherwise the project's batch loop runs.
+    """
 
     label: str
     opts: optimize.Optimizations | None
     batches: tuple[int, ...]
+    via: str = "runtime"
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -71,7 +76,7 @@ def _items(n: int) -> list[BatchItem]:
 
 
 def _call(pipe: Any, variant: Variant, n: int, size: int, steps: int):
-    if variant.opts is None:
+    if variant.opts is None or variant.via == "diffusers":
         items = _items(n)
         return lambda: pipe(prompt=[it.prompt for it in items], negative_prompt=[""] * n, num_inference_steps=steps,
                             guidance_scale=CFG, width=size, height=size,
@@ -180,14 +185,93 @@ EXTRA_VARIANTS = {
     "tuned": lambda b: Variant("rt-tuned", optimize.Optimizations.fast(inductor_tuning=True), b),
     # decode 4 images per VAE call instead of 1
     "vae4": lambda b: Variant("rt-vae4", optimize.Optimizations.fast(vae_batch=4, batch_buckets=(1, 4, 8, 16)), b),
+    # diffusers' own torch.compile recipe through its __call__: channels_last, UNet with CUDA graphs, VAE decoder
+    "dcompiled": lambda b: Variant("diffusers-compiled", optimize.Optimizations(
+        dtype="bf16", channels_last=True, compile="reduce-overhead"), b, via="diffusers"),
+    # the full set with cuDNN's attention (Hopper) tried first, and with FlashAttention first
+    "cudnn": lambda b: Variant("rt-cudnn-attn", optimize.Optimizations.fast(attention="cudnn"), b),
+    "flash": lambda b: Variant("rt-flash-attn", optimize.Optimizations.fast(attention="flash"), b),
 }
 
 
+def kernel_profile(pipe: Any, n: int, *, size: int, iters: int = 3) -> dict[str, Any]:
+    """GPU time of one UNet call at the CFG batch of ``n`` by kind of kernel (torch.profiler, CUDA activities).
+
+    The kinds are read from kernel names: attention (flash / cuDNN / memory-efficient SDPA), convolution
+    (cuDNN and implicit-GEMM kernels), matmul (cuBLAS / CUTLASS / Triton ``mm`` templates), and inductor's
+    fused Triton kernels (GroupNorm, SiLU, adds, layout changes).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    opts = optimize.settings_of(pipe)
+    lat = size // pipe.vae_scale_factor
+    dev, dtype = pipe.device, pipe.unet.dtype
+    b = 2 * n
+    with torch.inference_mode(), optimize.attention_context(opts):
+        x = torch.randn(b, pipe.unet.config.in_channels, lat, lat, device=dev, dtype=dtype)
+        t = torch.tensor(500.0, device=dev)
+        ehs = torch.randn(b, 77, pipe.unet.config.cross_attention_dim, device=dev, dtype=dtype)
+        added = None
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            added = {"text_embeds": torch.randn(b, pipe.text_encoder_2.config.projection_dim, device=dev, dtype=dtype),
+                     "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * b, device=dev, dtype=dtype)}
+
+        def unet():
+            if opts.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            pipe.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
+
+        for _ in range(2):
+            unet()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                unet()
+            torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for ev in prof.key_averages():
+        us = float(getattr(ev, "device_time_total", 0.0) or getattr(ev, "cuda_time_total", 0.0))
+        if us <= 0 or ev.key.startswith(("cudaGraph", "Memcpy", "Memset")) or ev.key.startswith("aten::"):
+            continue
+        kind = _kernel_kind(ev.key)
+        kinds[kind] = kinds.get(kind, 0.0) + us / iters / 1000
+        top[ev.key[:90]] = top.get(ev.key[:90], 0.0) + us / iters / 1000
+    total = sum(kinds.values())
+    return {"batch": n, "kernel_ms_per_unet_call": round(total, 2),
+            "by_kind_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "by_kind_share": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])} if total else {},
+            "top_kernels_ms": {k: round(v, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:15]}}
+
+
+def _kernel_kind(name: str) -> str:
+    low = name.lower()
+    if any(k in low for k in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
+        return "attention"
+    if any(k in low for k in ("conv", "implicit", "xmma_fprop", "dgrad", "wgrad", "fprop")):
+        return "convolution"
+    if any(k in low for k in ("gemm", "sm90_xmma", "cutlass", "cublas", "triton_tem_fused_mm", "matmul", "mm_")):
+        return "matmul"
+    if low.startswith("triton_"):
+        return "fused triton (norm, activation, elementwise)"
+    return "other"
+
+
+def _pixel_diff(a: Any, b: Any) -> dict[str, float]:
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return {"mean": round(float(d.mean()), 3), "max": int(d.max())}
+
+
 def bench_model(model: str, variants: list[Variant], *, device: str, size: int, steps: int, repeats: int,
-                ceiling: float) -> tuple[list[Row], dict[str, Any]]:
-    """Measure every variant of one model; the pipeline is built once and optimised step by step."""
+                ceiling: float, dtype: str = "bf16", profile: bool = True) -> tuple[list[Row], dict[str, Any]]:
+    """Measure every variant of one model; the pipeline is built once and optimised step by step.
+
+    Every variant runs at ``dtype`` (plain diffusers too), so the images compare at equal precision.
+    """
+    from sdlab.runtime.loader import resolve_dtype
+
     t0 = time.perf_counter()
-    pipe = models.build(model, device=device, dtype=torch.float16 if device.startswith("cuda") else torch.float32)
+    pipe = models.build(model, device=device, dtype=resolve_dtype(dtype if device.startswith("cuda") else "fp32", device))
     _sync(device)
     notes: dict[str, Any] = {"build_s": round(time.perf_counter() - t0, 2)}
     counted = flops.image_flops(pipe, width=size, height=size, steps=steps)
@@ -220,6 +304,13 @@ def bench_model(model: str, variants: list[Variant], *, device: str, size: int, 
                                                - n * parts.get("vae_ms_per_image", 0), 1)
                 notes[f"components_{variant.label}_{n}"] = parts
                 print(f"# components {variant.label} batch {n}: {json.dumps(parts)}", flush=True)
+                if profile and n == max(variant.batches) and variant.via == "runtime":
+                    try:
+                        prof = kernel_profile(pipe, n, size=size)
+                    except Exception as exc:
+                        prof = {"error": f"{exc.__class__.__name__}: {exc}"[:200]}
+                    notes[f"profile_{variant.label}_{n}"] = prof
+                    print(f"# profile {variant.label} batch {n}: {json.dumps(prof)}", flush=True)
         gc.collect()
     # Same seed, same image: the first image of every batch against the batch-1 image (same prompt and seed).
     for label, firsts in same_seed.items():
@@ -228,6 +319,14 @@ def bench_model(model: str, variants: list[Variant], *, device: str, size: int, 
             diffs = {n: float(np.abs(one - f.astype(np.int16)).mean()) for n, f in firsts.items() if n != 1}
             if diffs:
                 notes[f"same_seed_mean_abs_diff_{label}"] = diffs
+    # Ours against diffusers' image: same prompt, seed, sampler and precision, first image of each batch size.
+    for label, firsts in same_seed.items():
+        base = same_seed.get("diffusers", {})
+        if label == "diffusers":
+            continue
+        diffs = {n: _pixel_diff(base[n], f) for n, f in firsts.items() if base.get(n) is not None and f is not None}
+        if diffs:
+            notes[f"vs_diffusers_mean_abs_diff_{label}"] = diffs
     del pipe
     gc.collect()
     if device.startswith("cuda"):
@@ -267,9 +366,9 @@ def environment(device: str) -> dict[str, Any]:
 
 def run(*, models_: list[str], device: str, batches: tuple[int, ...], compiled_batches: tuple[int, ...],
         repeats: int, ablation: bool, steps: int | None, size: int | None, cache_dir: str | None,
-        extra: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> dict[str, Any]:
+        extra: tuple[tuple[str, tuple[int, ...]], ...] = (), dtype: str = "bf16") -> dict[str, Any]:
     """The whole benchmark; prints the table as it goes and returns everything (for ``--json``)."""
-    env = environment(device)
+    env = environment(device) | {"dtype": dtype}
     print("# " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
     ceiling = flops.matmul_ceiling(device)
     shape = "bf16 8192³" if device.startswith("cuda") else "fp32 1024³"
@@ -284,7 +383,8 @@ def run(*, models_: list[str], device: str, batches: tuple[int, ...], compiled_b
         if cache_dir:
             variants = [Variant(v.label, v.opts and dataclasses.replace(v.opts, cache_dir=cache_dir), v.batches)
                         for v in variants]
-        rows, notes = bench_model(name, variants, device=device, size=s, steps=n_steps, repeats=repeats, ceiling=ceiling)
+        rows, notes = bench_model(name, variants, device=device, size=s, steps=n_steps, repeats=repeats, ceiling=ceiling,
+                                  dtype=dtype)
         summary = summarise(name, rows, notes, s, n_steps)
         print(summary, flush=True)
         result["models"][name] = {"size": s, "steps": n_steps, "rows": [asdict(r) for r in rows], "notes": notes}
@@ -306,6 +406,6 @@ def summarise(name: str, rows: list[Row], notes: dict[str, Any], size: int, step
         lines.append(f"# {name} {impl}: best {best.images_per_s:.2f} img/s at batch {best.batch} "
                      f"({100 * best.util:.0f}% of floor), {latency}")
     for key, value in notes.items():
-        if key.startswith("same_seed") or key == "errors":
+        if key.startswith(("same_seed", "vs_diffusers")) or key == "errors":
             lines.append(f"# {name} {key}: {json.dumps(value)}")
     return "\n".join(lines)

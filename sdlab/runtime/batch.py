@@ -101,8 +101,20 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def generate_batch(pipe: Any, items: Sequence[BatchItem], **kwargs: Any) -> BatchOutput:
+    """Text-to-image for ``items`` in one denoising loop; see :func:`_generate` for the arguments.
+
+    Runs under the pipeline's attention-backend choice (:func:`sdlab.runtime.optimize.attention_context`), so
+    graphs compiled during a call and every later call use the same backend.
+    """
+    from sdlab.runtime.optimize import attention_context
+
+    with attention_context(settings_of(pipe)):
+        return _generate(pipe, items, **kwargs)
+
+
 @torch.inference_mode()
-def generate_batch(
+def _generate(
     pipe: Any,
     items: Sequence[BatchItem],
     *,

@@ -14,6 +14,7 @@ write and read PyTorch's portable "mega-cache" artifacts, so a new pod on the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,6 +28,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient")
 MEGA_CACHE_FILE = "sdlab-mega-cache.bin"
 
 
@@ -36,6 +38,7 @@ class Optimizations:
 
     dtype: str | None = None  # "fp16", "bf16", "fp32"; None: the loader's default (fp16 on CUDA, fp32 on CPU)
     sdpa: bool = True  # torch's scaled_dot_product_attention (diffusers' default on torch 2)
+    attention: str = "auto"  # SDPA backend tried first: auto (torch's order), flash, cudnn or efficient
     channels_last: bool = False  # NHWC UNet and VAE: cuDNN's fast convolution layout
     fuse_qkv: bool = False  # one matmul for Q, K and V (self-attention) and for K, V (cross-attention)
     compile: str = "off"  # torch.compile mode of the UNet; one of COMPILE_MODES
@@ -51,6 +54,8 @@ class Optimizations:
         problems = []
         if self.compile not in COMPILE_MODES:
             problems.append(f"compile={self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            problems.append(f"attention={self.attention!r}: use one of {', '.join(ATTENTION_BACKENDS)}")
         if self.vae_batch < 0:
             problems.append(f"vae_batch={self.vae_batch}: use 0 (all at once) or a positive number")
         if not self.batch_buckets or any(b < 1 for b in self.batch_buckets):
@@ -104,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sdpa", action=argparse.BooleanOptionalAction, default=None, help="SDPA attention")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--attention", choices=ATTENTION_BACKENDS, default=None,
+                   help="SDPA backend tried first (the others stay as fallbacks for shapes it cannot run)")
     g.add_argument("--compile", choices=COMPILE_MODES, default=None, help="torch.compile mode of the UNet")
     g.add_argument("--compile-vae", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
@@ -119,6 +126,7 @@ def from_args(args: argparse.Namespace) -> Optimizations:
     overrides: dict[str, Any] = {}
     for flag, name in (
         ("sdpa", "sdpa"),
+        ("attention", "attention"),
         ("channels_last", "channels_last"),
         ("fuse_qkv", "fuse_qkv"),
         ("compile", "compile"),
@@ -137,6 +145,22 @@ def from_args(args: argparse.Namespace) -> Optimizations:
     if getattr(args, "dtype", None):
         overrides["dtype"] = args.dtype
     return Optimizations.preset(getattr(args, "opt", "off") or "off", **overrides)
+
+
+def attention_context(opts: Optimizations) -> contextlib.AbstractContextManager:
+    """The SDPA backend priority of ``opts`` for the calls made inside (and the graphs compiled inside) it.
+
+    The chosen backend goes first; the rest follow in torch's own order, so a shape the backend cannot run
+    (e.g. cuDNN with SD1.5's 160-wide heads) falls back instead of failing.
+    """
+    if opts.attention == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}[opts.attention]
+    rest = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel([first] + [b for b in rest if b != first], set_priority=True)
 
 
 def use_cache_dir(cache_dir: str | os.PathLike | None) -> None:
@@ -219,12 +243,13 @@ def apply(pipe: Any, opts: Optimizations) -> Any:
 
         pipe.unet.set_attn_processor(AttnProcessor2_0())
         pipe.vae.set_attn_processor(AttnProcessor2_0())
-    if opts.fuse_qkv:
-        pipe.unet.fuse_qkv_projections()
-        pipe.vae.fuse_qkv_projections()
-    if opts.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
+    for module in (pipe.unet, pipe.vae):  # both ways, so apply() can be called again with other settings
+        fused = getattr(module, "original_attn_processors", None) is not None
+        if opts.fuse_qkv and not fused:
+            module.fuse_qkv_projections()
+        elif fused and not opts.fuse_qkv:
+            module.unfuse_qkv_projections()
+        module.to(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
     if opts.vae_tiling:
         pipe.vae.enable_tiling()
     if opts.cudnn_benchmark and device == "cuda":

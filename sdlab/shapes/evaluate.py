@@ -64,6 +64,24 @@ def evaluate(pipe_or_path: Any, *, n: int = 200, size: int = 128, steps: int = 2
     return Evaluation(score(scenes, readings), scenes, readings, images)
 
 
+@torch.no_grad()
+def round_trip_scores(vae: Any, *, n: int = 200, size: int = 128, seed: int = 0, device: Any = "cpu") -> dict[str, float]:
+    """The judge's scores on held-out scenes encoded and decoded by `vae` (the latent's mode, no noise).
+
+    The ceiling of what the diffusion model can draw through this autoencoder: a shape the round trip blurs into
+    the wrong colour or kind cannot come out right from any latent the UNet makes.
+    """
+    from sdlab.shapes.scenes import render
+
+    scenes = held_out_scenes(n, seed)
+    x = render(scenes, size, device=device) * 2 - 1
+    dtype = next(vae.parameters()).dtype
+    out = [vae.decode(vae.encode(chunk.to(dtype)).latent_dist.mode()).sample.float() for chunk in x.split(50)]
+    images = ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    scores = score(scenes, [read_image(img) for img in images]).as_dict()
+    return {k: round(float(v), 4) for k, v in scores.items()}
+
+
 def contact_sheet(evaluation: Evaluation, columns: int = 8, limit: int = 32):
     """The first `limit` images in a grid (PIL), for a look by eye."""
     from PIL import Image

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -37,12 +38,13 @@ class TrainConfig:
 
     seed: int = 0
     resolution: int = 128
-    vae_steps: int = 1500
+    vae_steps: int = 4000
     vae_batch: int = 64
     vae_lr: float = 1e-3
+    vae_lr_final: float = 2e-5  # cosine decay over vae_steps: flat colours need the last, small steps
     vae_kl_weight: float = 1e-6
     steps: int = 8000
-    batch: int = 128
+    batch: int = 256
     lr: float = 4e-4
     warmup: int = 300
     ema_decay: float = 0.999
@@ -121,7 +123,9 @@ class Trainer:
         self.seconds = 0.0
         self.log: list[dict[str, Any]] = []
         self.init_from: dict[str, Any] | None = None
+        self.warm_from = 0  # the step the learning-rate warm-up counts from (an init_from run warms up again)
         self._token_cache: dict[str, list[int]] = {}
+        self.round_trip: dict[str, float] | None = None  # the judge's scores on autoencoder round trips
         if not self._load() and init_from is not None:
             self._init_from(Path(init_from))
 
@@ -133,6 +137,7 @@ class Trainer:
             "vae_opt": self.vae_opt.state_dict(), "opt": self.opt.state_dict(),
             "vae_step": self.vae_step, "step": self.step, "seconds": self.seconds, "log": self.log,
             "scaling_factor": self.vae.config.scaling_factor, "init_from": self.init_from,
+            "warm_from": self.warm_from, "autoencoder_round_trip": self.round_trip,
         }
 
     def save(self) -> None:
@@ -155,6 +160,8 @@ class Trainer:
         self.vae_step, self.step, self.seconds, self.log = state["vae_step"], state["step"], state["seconds"], state["log"]
         self.vae.register_to_config(scaling_factor=state["scaling_factor"])
         self.init_from = state.get("init_from")
+        self.warm_from = state.get("warm_from", 0)
+        self.round_trip = state.get("autoencoder_round_trip")
         log.info("resumed from %s: autoencoder step %d, diffusion step %d", path, self.vae_step, self.step)
         return True
 
@@ -177,6 +184,8 @@ class Trainer:
         self.vae.register_to_config(scaling_factor=scaling)
         self.vae_step = self.cfg.vae_steps
         self.step = int(trained.get("diffusion_steps", 0))
+        self.warm_from = self.step  # Adam starts afresh: warm its steps up again
+        self.round_trip = trained.get("autoencoder_round_trip")
         self.seconds = float(trained.get("train_seconds", 0.0))
         self.log = list(trained.get("log", []))
         self.init_from = {"model": info.get("name", model_dir.name), "autoencoder_steps": trained.get("autoencoder_steps"),
@@ -198,6 +207,9 @@ class Trainer:
                 recon = self.vae.decode(post.sample(generator=gen)).sample
             loss_rec = F.mse_loss(recon.float(), x) + F.l1_loss(recon.float(), x)
             loss = loss_rec + cfg.vae_kl_weight * post.kl().mean()
+            progress = self.vae_step / max(1, cfg.vae_steps - 1)
+            for group in self.vae_opt.param_groups:
+                group["lr"] = cfg.vae_lr_final + 0.5 * (cfg.vae_lr - cfg.vae_lr_final) * (1 + math.cos(math.pi * progress))
             self.vae_opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
@@ -208,6 +220,7 @@ class Trainer:
                 self._record("autoencoder", self.vae_step, loss_rec.item())
             if self.vae_step == cfg.vae_steps:
                 self._set_scaling()
+                self._judge_round_trip()
             if self.vae_step % cfg.checkpoint_every == 0 or self.vae_step == cfg.vae_steps:
                 self.save()
         return True
@@ -219,6 +232,15 @@ class Trainer:
         std = float(self.vae.encode(x).latent_dist.mode().std())
         self.vae.register_to_config(scaling_factor=1.0 / std)
         log.info("latent std %.4f: scaling factor %.4f", std, 1.0 / std)
+
+    @torch.no_grad()
+    def _judge_round_trip(self) -> None:
+        """What the diffusion stage can reach at best: the judge's scores on encoded-then-decoded held-out scenes."""
+        from sdlab.shapes.evaluate import round_trip_scores
+
+        self.vae.eval()
+        self.round_trip = round_trip_scores(self.vae, device=self.device)
+        log.info("autoencoder round trip, judged: %s", self.round_trip)
 
     def _tokens(self, captions: list[str]) -> torch.Tensor:
         new = sorted({c for c in captions if c not in self._token_cache})
@@ -248,7 +270,7 @@ class Trainer:
             t = torch.randint(0, self.noise.config.num_train_timesteps, (latents.shape[0],), generator=gen, device=self.device)
             noisy = self.noise.add_noise(latents, noise, t)
             for group in self.opt.param_groups:
-                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup)
+                group["lr"] = cfg.lr * min(1.0, (self.step + 1 - self.warm_from) / cfg.warmup)
             with _autocast(self.device):
                 context = self.text_encoder(self._tokens(captions))[0]
                 pred = self.unet(noisy, t, encoder_hidden_states=context).sample
@@ -306,6 +328,7 @@ class Trainer:
                 "train_seconds": round(self.seconds, 1),
                 "hardware": _hardware(self.device),
                 "initialised_from": self.init_from,
+                "autoencoder_round_trip": self.round_trip,
                 "torch": torch.__version__,
                 "log": self.log[-5:],
             },
