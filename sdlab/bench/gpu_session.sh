@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/benchmarks.md, one part per call, on a machine whose python3 has torch + CUDA.
 # Missing packages travel as wheels in .whl/ (diffusers, fastapi, uvicorn, pydantic, ...). Output goes to $OUT.
-#   bash sdlab/bench/gpu_session.sh sd15|sdxl|study|serve|e2e [tasks] [in-process img/s]
+#   bash sdlab/bench/gpu_session.sh sd15|sdxl|study|serve [tasks]
+#   bash sdlab/bench/gpu_session.sh e2e [tasks] [in-process img/s] [batch]
+#   bash sdlab/bench/gpu_session.sh starts [batch]   (cold starts: eager twice, compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
 set -u
@@ -28,6 +30,18 @@ case "${1:-}" in
   sdxl)
     python3 -m sdlab bench runtime --models sdxl --batch-sizes ${3:-1,4} --compiled-batch-sizes ${2:-1,4} --repeats 2 \
       --compile-cache-dir $CACHE --json "$OUT/sdxl.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sdxl.log"
+    ;;
+  starts)
+    M=/tmp/sdlab-models; mkdir -p $M
+    python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
+    B=${2:-16}
+    for i in 1 2; do python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 | tee -a "$OUT/starts.json"; done
+    # compiled: a cold compile writes the cache next to the model; a new pod (empty local cache) then loads only that
+    for c in /tmp/cc-first /tmp/cc-newpod; do
+      python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 -- --opt fast --max-batch $B \
+        --batch-buckets $B --compile-cache-dir $c | tee -a "$OUT/starts.json"
+    done
+    ls -la $M/sd15/compile-cache
     ;;
   study)
     # where the UNet's time goes: each attention backend alone and in the UNet, then SD1.5 at bf16 on every side:
@@ -87,7 +101,7 @@ runtimes:
   - name: sd15
     type: diffusers
     model: {name: sd15, source: path, path: $M/sd15}
-    batch: {max_batch: 8, max_wait_ms: 30, buckets: [8]}
+    batch: {max_batch: ${4:-8}, max_wait_ms: 30, buckets: [${4:-8}]}
     optimize: fast
 YAML
     python3 -m sdlab bench e2e --config /tmp/e2e.yaml --tasks ${2:-200} --steps 25 --size 512 --reference ${3:-8.88} \

@@ -61,6 +61,7 @@ def cold_start(models_dir: Path, model: str, *, extra: list[str], timeout: float
                     result[label] = round(time.perf_counter() - t1, 3)
                     result["status"] = reply.status_code
                 result["to_first_image_s"] = round(result["ready_s"] + result["first_image_s"], 2)
+                result["startup"] = http.get("/v1/info").json().get("startup")
     finally:
         proc.terminate()
         try:

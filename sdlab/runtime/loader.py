@@ -105,6 +105,8 @@ def load_pipeline(
     if model_path.is_dir():
         if not (model_path / "model_index.json").is_file():
             raise ModelError(f"{model_path} is a folder without model_index.json; point at a diffusers model folder")
+        if device.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
+            kwargs["device_map"] = device  # safetensors straight to the GPU: no CPU copy, no .to() afterwards
         try:
             pipe = StableDiffusionPipeline.from_pretrained(str(model_path), **kwargs)
         except Exception as exc:
@@ -140,9 +142,13 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded %s on %s (%s)", model_path.name, device, str(torch_dtype).replace("torch.", ""))
     if optimizations is not None:
-        from sdlab.runtime.optimize import apply
+        from sdlab.runtime.optimize import apply, load_compile_cache, shipped_cache_file
 
         pipe = apply(pipe, optimizations)
+        if optimizations.compiled and model_path.is_dir():
+            # a cache shipped next to the model (compiled once for this software and card) before the first trace
+            pipe._sdlab_cache_shipped = load_compile_cache(None, path=shipped_cache_file(model_path))
+        pipe._sdlab_model_path = model_path
     return pipe
 
 

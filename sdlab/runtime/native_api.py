@@ -137,6 +137,7 @@ def router(rt: Runtime) -> APIRouter:
             "batches": rt.queue.batches,
             "busy_seconds": round(rt.queue.busy_seconds, 3),
             "pending_images": rt.queue.pending(),
+            "startup": rt.startup,
         }
 
     return api

@@ -175,11 +175,32 @@ def use_cache_dir(cache_dir: str | os.PathLike | None) -> None:
     os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
 
 
-def load_compile_cache(cache_dir: str | os.PathLike | None) -> bool:
-    """Load the mega-cache written by :func:`save_compile_cache`, if there is one. True when loaded."""
-    if not cache_dir:
+SHIPPED_CACHE_DIR = "compile-cache"  # inside a model's folder: s3://<bucket>/models/<name>/compile-cache/<key>.bin
+
+
+def cache_key() -> str:
+    """What a compile cache is valid for: torch, diffusers, the card and CUDA (inductor re-checks the rest)."""
+    import re
+
+    import diffusers
+
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    raw = f"torch{torch.__version__}-diffusers{diffusers.__version__}-cuda{torch.version.cuda}-{card}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw)
+
+
+def shipped_cache_file(model_path: str | os.PathLike) -> Path:
+    """Where a model's compile cache for this software and card lives, next to the model (in the bucket)."""
+    return Path(model_path) / SHIPPED_CACHE_DIR / f"{cache_key()}.bin"
+
+
+def load_compile_cache(cache_dir: str | os.PathLike | None, *, path: str | os.PathLike | None = None) -> bool:
+    """Load the mega-cache written by :func:`save_compile_cache` (or the file ``path``), if there is one.
+
+    True when loaded."""
+    if not cache_dir and path is None:
         return False
-    path = Path(cache_dir) / MEGA_CACHE_FILE
+    path = Path(path) if path is not None else Path(cache_dir or ".") / MEGA_CACHE_FILE
     loader = getattr(torch.compiler, "load_cache_artifacts", None)
     if loader is None or not path.is_file():
         return False
@@ -205,6 +226,27 @@ def save_compile_cache(cache_dir: str | os.PathLike | None) -> Path | None:
     tmp.replace(path)
     logger.info("saved compile cache %s (%.1f MB)", path, len(data) / 1e6)
     return path
+
+
+def ship_compile_cache(saved: Path | None, model_path: str | os.PathLike) -> Path | None:
+    """Put a freshly saved cache next to the model, so the next pod on this software and card starts warm.
+
+    Where the model folder is read-only (Mountpoint mounts the bucket so) it logs where to upload it instead.
+    """
+    target = shipped_cache_file(model_path)
+    if saved is None or target.is_file():
+        return None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(saved.read_bytes())
+        tmp.replace(target)
+    except OSError as exc:
+        logger.warning("cannot write the compile cache next to the model (%s); upload %s to <model>/%s/%s to ship it",
+                       exc.__class__.__name__, saved, SHIPPED_CACHE_DIR, target.name)
+        return None
+    logger.info("compile cache shipped next to the model: %s", target)
+    return target
 
 
 def _configure_inductor(opts: Optimizations) -> None:

@@ -215,6 +215,8 @@ class Runtime:
         titles = registry.titles()
         if default_model is None and not titles:
             self.error = f"no models in {registry.models_dir}; build one with sdlab.runtime.model.build_tiny_model"
+        # seconds of this process's start: before the model load, the load, the compile warm-up, ready
+        self.startup: dict[str, Any] = {}
         self.options: dict[str, Any] = {
             "sd_model_checkpoint": default_model or (titles[0] if titles else None),
             "samples_format": "png",
@@ -238,6 +240,7 @@ class Runtime:
             return
         self.ready.set()
         age = _process_age_seconds()
+        self.startup["ready_s"] = round(age, 2) if age else None
         since = f", {age:.1f} s after process start" if age else ""
         logger.info("ready: %s loaded%s", self.options["sd_model_checkpoint"], since)
 
@@ -252,8 +255,13 @@ class Runtime:
         sizes = [b for b in opts.batch_buckets if b <= self.max_batch_for(key)] or [1]
         with self.lock:
             seconds = optimize.warmup(pipe, batch_sizes=sizes, width=side, height=side)
-        logger.info("compiled %s for %dx%d, batches %s, in %.1f s", title, side, side, sizes, seconds)
-        optimize.save_compile_cache(opts.cache_dir)
+        shipped = bool(getattr(pipe, "_sdlab_cache_shipped", False))
+        self.startup |= {"warmup_s": round(seconds, 2), "compile_cache_shipped": shipped}
+        logger.info("compiled %s for %dx%d, batches %s, in %.1f s (compile cache shipped with the model: %s)",
+                    title, side, side, sizes, seconds, "loaded" if shipped else "none")
+        saved = optimize.save_compile_cache(opts.cache_dir)
+        if not shipped and getattr(pipe, "_sdlab_model_path", None) is not None:
+            optimize.ship_compile_cache(saved, pipe._sdlab_model_path)
 
     def max_batch_for(self, key: BatchKey) -> int:
         """Images per batch: the configured max, else what the card's memory holds (about 1 GiB per 512² image)."""
@@ -276,10 +284,14 @@ class Runtime:
         ckpt = self.registry.find(name)
         with self.lock:
             started = time.perf_counter()
+            age = _process_age_seconds()
             self.registry.get(ckpt.title)
             self.options["sd_model_checkpoint"] = ckpt.title
             self.options["sd_checkpoint_hash"] = self.registry.sha256(ckpt)
-        logger.info("model %s ready (%.2f s)", ckpt.title, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        if not self.startup:  # the startup model: where a cold start's seconds go
+            self.startup = {"before_load_s": round(age, 2) if age else None, "load_s": round(took, 2)}
+        logger.info("model %s ready (%.2f s)", ckpt.title, took)
         return ckpt.title
 
     def interrupt(self) -> None:
