@@ -287,12 +287,21 @@ class Runtime:
             age = _process_age_seconds()
             self.registry.get(ckpt.title)
             self.options["sd_model_checkpoint"] = ckpt.title
-            self.options["sd_checkpoint_hash"] = self.registry.sha256(ckpt)
+            self.options["sd_checkpoint_hash"] = None
+        # Hashing every file of the model (2 GB for SD1.5, 7 GB for SDXL, about 1 GB/s) stays off the start:
+        # the first response that names the hash computes it if this thread has not finished.
+        threading.Thread(target=self._hash_checkpoint, args=(ckpt,), name="checkpoint-hash", daemon=True).start()
         took = time.perf_counter() - started
         if not self.startup:  # the startup model: where a cold start's seconds go
             self.startup = {"before_load_s": round(age, 2) if age else None, "load_s": round(took, 2)}
         logger.info("model %s ready (%.2f s)", ckpt.title, took)
         return ckpt.title
+
+    def _hash_checkpoint(self, ckpt: Any) -> None:
+        sha = self.registry.sha256(ckpt)
+        with self.lock:
+            if self.options["sd_model_checkpoint"] == ckpt.title:
+                self.options["sd_checkpoint_hash"] = sha
 
     def interrupt(self) -> None:
         """Stop the running batch (it returns its partial images) and the later iterations of its requests."""

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from sdlab.shapes.scenes import COLOURS, PALETTE, Scene
+from sdlab.shapes.scenes import COLOURS, COUNT_WORDS, PALETTE, SHAPES, Scene
 
 FOREGROUND_DISTANCE = 60.0
 MIN_AREA_FRACTION = 0.0025
@@ -65,6 +65,19 @@ class Reading:
     kind: str | None
     fills: list[tuple[float, float]] = field(default_factory=list)  # (fill ratio, solidity) per component
 
+    def caption(self) -> str:
+        """The reading in the captions' words, e.g. "two blue squares on a yellow background"."""
+        if not self.count or self.kind is None:
+            return f"no shape on a {self.background} background"
+        count = COUNT_WORDS.get(self.count, str(self.count))
+        plural = "s" if self.count > 1 else ""
+        return f"{count} {self.colour} {self.kind}{plural} on a {self.background} background".replace("a orange", "an orange")
+
+    def matches(self, asked: dict[str, object]) -> bool:
+        """True when colour, kind, count and background all agree with :func:`parse_caption`'s result."""
+        return (self.colour, self.kind, self.count, self.background) == (
+            asked["colour"], asked["shape"], asked["count"], asked["background"])
+
 
 def read_image(image: np.ndarray) -> Reading:
     """Read an (H, W, 3) uint8 or [0, 1] float image."""
@@ -96,6 +109,25 @@ def read_image(image: np.ndarray) -> Reading:
     colour = nearest_colour(np.median(np.concatenate(pixels), axis=0)) if pixels else None
     kind = Counter(kinds).most_common(1)[0][0] if kinds else None
     return Reading(nearest_colour(bg_rgb), colour, len(kinds), kind, fills)
+
+
+def parse_caption(text: str) -> dict[str, object] | None:
+    """Count, colour, shape and background of a caption in the model's language; None outside it.
+
+    "two small blue squares on a yellow background" → {"count": 2, "colour": "blue", "shape": "square",
+    "background": "yellow"}. Size and place words are allowed and not returned (the judge does not score them).
+    """
+    words = text.lower().replace(",", " ").split()
+    numbers = {"a": 1, "an": 1, "two": 2, "three": 3}
+    if len(words) < 6 or words[0] not in numbers or words[-4:-2] not in (["on", "a"], ["on", "an"]) \
+            or words[-1] != "background" or words[-2] not in COLOURS:
+        return None
+    middle = words[1:-4]
+    shape = next((w.removesuffix("s") for w in middle if w.removesuffix("s") in SHAPES), None)
+    colour = next((w for w in middle if w in COLOURS), None)
+    if shape is None or colour is None:
+        return None
+    return {"count": numbers[words[0]], "colour": colour, "shape": shape, "background": words[-2]}
 
 
 @dataclass

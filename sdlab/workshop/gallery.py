@@ -51,6 +51,24 @@ def show(images: Sequence[Image.Image], titles: Sequence[str] | None = None, *, 
     return sheet
 
 
+def judged(images: Sequence[Image.Image], prompt: str) -> Any:
+    """What the pixel judge (``sdlab.shapes.judge``, the one ``sdlab model eval`` scores with) reads in each image,
+    beside what the prompt asked: a check by pixels, not by eye. ``asked`` is empty for a prompt outside the
+    default model's language (then nothing can match)."""
+    import numpy as np
+    import pandas as pd
+
+    from sdlab.shapes.judge import parse_caption, read_image
+
+    asked = parse_caption(prompt)
+    rows = []
+    for i, image in enumerate(images):
+        reading = read_image(np.asarray(image.convert("RGB")))
+        rows.append({"image": i, "asked": prompt if asked else "(outside the model's language)",
+                     "judge reads": reading.caption(), "match": bool(asked) and reading.matches(asked)})
+    return pd.DataFrame(rows).set_index("image")
+
+
 def show_figure(fig: Any) -> None:
     """Display a matplotlib figure as a PNG output and close it (no second copy from the inline backend)."""
     import matplotlib.pyplot as plt

@@ -66,3 +66,25 @@ def test_every_caption_word_is_one_token_of_the_projects_vocabulary(tmp_path):
 def test_train_config_names_an_unknown_setting():
     with pytest.raises(ValueError, match="stepz"):
         TrainConfig.from_json(json.dumps({"stepz": 3}))
+
+
+def test_the_judge_reads_rendered_scenes_back_as_their_own_captions():
+    from sdlab.shapes.judge import parse_caption
+
+    rng = np.random.default_rng(7)
+    drawn = [scenes.sample_scene(rng) for _ in range(24)]
+    images = (scenes.render(drawn, 128).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for scene, image in zip(drawn, images, strict=True):
+        asked = parse_caption(scene.caption())
+        reading = read_image(image)
+        assert asked is not None and reading.matches(asked), (scene.caption(), reading.caption())
+        assert parse_caption(reading.caption()) == asked  # the reading is a caption of the same language
+
+
+def test_captions_outside_the_models_language_parse_to_nothing():
+    from sdlab.shapes.judge import parse_caption
+
+    assert parse_caption("a red fox in the snow, detailed oil painting") is None
+    assert parse_caption("two purple hexagons on a red background") is None  # no such shape
+    assert parse_caption("an orange star at the top on a blue background") == {
+        "count": 1, "colour": "orange", "shape": "star", "background": "blue"}

@@ -24,6 +24,23 @@ def test_contact_sheet_without_images_says_why():
         gallery.contact_sheet([])
 
 
+def test_judged_reads_each_image_against_the_prompt():
+    import numpy as np
+
+    from sdlab.shapes import scenes
+    from sdlab.shapes.judge import parse_caption
+
+    drawn = [scenes.sample_scene(np.random.default_rng(3)) for _ in range(2)]
+    arrays = (scenes.render(drawn, 128).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    images = [Image.fromarray(a) for a in arrays]
+    table = gallery.judged(images, drawn[0].caption())
+    same = parse_caption(drawn[1].caption()) == parse_caption(drawn[0].caption())
+    assert list(table["match"]) == [True, same]
+    assert parse_caption(table.loc[0, "judge reads"]) == parse_caption(drawn[0].caption())
+    outside = gallery.judged(images[:1], "a red fox in the snow")
+    assert not outside.loc[0, "match"] and outside.loc[0, "asked"] == "(outside the model's language)"
+
+
 def test_show_emits_a_png_output():
     InteractiveShell.instance()  # display() publishes through the running shell, as in a kernel
     try:
