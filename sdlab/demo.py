@@ -26,6 +26,9 @@ class DemoRow:
     queued_s: float | None
     run_s: float | None
     path: str
+    prompt: str = ""
+    drawn: str = ""  # what the pixel judge reads in the first image, in the captions' words
+    matches: bool | None = None  # None: no image, or a prompt outside the default model's language
 
 
 def request_for(runtime_type: str, model: str | None, prompt: str, *, seed: int, size: int, steps: int) -> dict[str, Any]:
@@ -47,12 +50,14 @@ def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequenc
     """
     specs = runtimes if isinstance(runtimes, Mapping) else {name: {"type": "sdwebui"} for name in runtimes}
     submitted = []
+    prompts: dict[str, str] = {}
     for r, (runtime, spec) in enumerate(specs.items()):
         for i in range(per_runtime):  # each runtime its own prompts, so routing shows in the pictures
             prompt = PROMPTS[(r * per_runtime + i) % len(PROMPTS)]
             request = request_for(spec.get("type", "sdwebui"), spec.get("model"), prompt,
                                   seed=1000 + i, size=size, steps=steps)
             submitted.append(client.submit(runtime, **request))
+            prompts[submitted[-1].id] = prompt
     notes = client.wait([s.id for s in submitted], timeout=timeout)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -63,17 +68,41 @@ def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequenc
             path = out_dir / f"{s.runtime}-{s.id[:8]}-{n}.png"
             path.write_bytes(data)
             paths.append(str(path))
+        drawn, matches = _judge(Path(paths[0]), prompts[s.id]) if paths else ("", None)
         rows.append(DemoRow(s.id[:8], s.runtime, note.status.value, note.timings.queued_s, note.timings.run_s,
-                            ", ".join(paths) or (note.error or "")))
+                            ", ".join(paths) or (note.error or ""), prompts[s.id], drawn, matches))
     return rows
+
+
+def _judge(path: Path, prompt: str) -> tuple[str, bool | None]:
+    """The pixel judge's reading of one image (``sdlab.shapes.judge``) and whether it is what the prompt asked."""
+    import numpy as np
+    from PIL import Image
+
+    from sdlab.shapes.judge import parse_caption, read_image
+
+    with Image.open(path) as img:
+        reading = read_image(np.asarray(img.convert("RGB")))
+    asked = parse_caption(prompt)
+    return reading.caption(), (reading.matches(asked) if asked else None)
 
 
 def format_table(rows: list[DemoRow]) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    header = ("task", "runtime", "status", "queued s", "running s", "image")
-    lines = [(r.task, r.runtime, r.status, num(r.queued_s), num(r.run_s), r.path) for r in rows]
+    def verdict(r: DemoRow) -> str:
+        return {True: "yes", False: "no", None: "-"}[r.matches]
+
+    header = ("task", "runtime", "status", "queued s", "running s", "asked", "drawn (pixel judge)", "match", "image")
+    lines = [(r.task, r.runtime, r.status, num(r.queued_s), num(r.run_s), r.prompt, r.drawn, verdict(r), r.path)
+             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines])
+    table = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines]
+    judged = [r for r in rows if r.matches is not None]
+    if judged:
+        table.append(f"\n{sum(bool(r.matches) for r in judged)} of {len(judged)} pictures show what their prompt asked "
+                     "(colour, kind and count of the shapes, background), as read from their pixels by the judge of "
+                     "`sdlab model eval` (docs/model.md)")
+    return "\n".join(table)

@@ -198,7 +198,7 @@ def kernel_profile(pipe: Any, n: int, *, size: int, iters: int = 3) -> dict[str,
     """GPU time of one UNet call at the CFG batch of ``n`` by kind of kernel (torch.profiler, CUDA activities).
 
     The kinds are read from kernel names: attention (flash / cuDNN / memory-efficient SDPA), convolution
-    (cuDNN and implicit-GEMM kernels), matmul (cuBLAS / CUTLASS / Triton ``mm`` templates), and inductor's
+    (cuDNN and implicit-GEMM kernels), matmul (cuBLAS incl. its ``nvjet`` kernels / CUTLASS / Triton ``mm``), inductor's
     fused Triton kernels (GroupNorm, SiLU, adds, layout changes).
     """
     from torch.profiler import ProfilerActivity, profile
@@ -250,7 +250,7 @@ def _kernel_kind(name: str) -> str:
         return "attention"
     if any(k in low for k in ("conv", "implicit", "xmma_fprop", "dgrad", "wgrad", "fprop")):
         return "convolution"
-    if any(k in low for k in ("gemm", "sm90_xmma", "cutlass", "cublas", "triton_tem_fused_mm", "matmul", "mm_")):
+    if any(k in low for k in ("gemm", "sm90_xmma", "cutlass", "cublas", "nvjet", "triton_tem_fused_mm", "matmul", "mm_")):
         return "matmul"
     if low.startswith("triton_"):
         return "fused triton (norm, activation, elementwise)"
@@ -356,7 +356,7 @@ def environment(device: str) -> dict[str, Any]:
             import subprocess
 
             env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=20).stdout.strip()
+                                           capture_output=True, text=True, timeout=20).stdout.strip().split("\n")[0]
         except (OSError, subprocess.SubprocessError):
             env["driver"] = None
     else:
