@@ -30,6 +30,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_private(path: Path, text: str) -> Path:
+    """A file only its owner can read, created so from the start (no window with wider permissions)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")
+    return path
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from sdlab.config import load_config
     from sdlab.deploy import ecr
@@ -44,11 +53,11 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     out = home / f"aws-{settings.stack.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(deployment.to_dict(), indent=2, default=str) + "\n")
-    key_file = home / f"aws-{settings.stack.name}.key"
-    key_file.write_text(deployment.api.key_value + "\n")
-    os.chmod(key_file, 0o600)
+    key_file = _write_private(home / f"aws-{settings.stack.name}.key", deployment.api.key_value)
+    secret_file = _write_private(home / f"aws-{settings.stack.name}.callback-secret", deployment.callback_secret)
     print(f"serverless layer of {settings.stack.name} deployed to {deployment.account}/{deployment.region}")
     print(f"  API   {deployment.api.url}  (key in {key_file})")
+    print(f"  callbacks are signed with the secret in {secret_file} (verify with sdlab.callbacks.verify)")
     print(f"  state {out}")
     if args.push_images:
         from sdlab.aws import client

@@ -28,6 +28,7 @@ from sdlab.errors import ProvisionError
 
 log = logging.getLogger(__name__)
 HANDLER = "sdlab.api.handlers.handler"
+CALLBACKS_HANDLER = "sdlab.api.callbacks.handler"  # the callback dispatcher, on the callbacks queue
 LAMBDA_RUNTIME, LAMBDA_PYTHON, LAMBDA_PLATFORM = "python3.12", "3.12", "manylinux2014_x86_64"
 REQUIREMENTS = Path(__file__).with_name("data") / "lambda-requirements.txt"
 EXCLUDED_PACKAGES = ("runtime", "k8s", "bench", "local", "deploy", "sim")  # heavy or not needed by the API function
@@ -113,11 +114,12 @@ def ensure_log_group(logs: Any, name: str, tags: dict[str, str], retention_days:
 
 
 def ensure_function(lam: Any, name: str, *, role_arn: str, code: bytes, environment: dict[str, str], tags: dict[str, str],
-                    timeout_seconds: int = 15, memory_mb: int = 512, role_wait_seconds: float = 90.0) -> str:
-    """Create or converge the API function (code only when its hash changed); returns the function ARN."""
-    config = {"Role": role_arn, "Handler": HANDLER, "Runtime": LAMBDA_RUNTIME, "Timeout": timeout_seconds,
+                    timeout_seconds: int = 15, memory_mb: int = 512, role_wait_seconds: float = 90.0,
+                    handler: str = HANDLER, description: str = "sdlab API: POST/GET/DELETE /v1/tasks") -> str:
+    """Create or converge a function of the package (code only when its hash changed); returns the function ARN."""
+    config = {"Role": role_arn, "Handler": handler, "Runtime": LAMBDA_RUNTIME, "Timeout": timeout_seconds,
               "MemorySize": memory_mb, "Environment": {"Variables": function_environment(environment)},
-              "Description": "sdlab API: POST/GET/DELETE /v1/tasks"}
+              "Description": description}
     try:
         current = lam.get_function(FunctionName=name)["Configuration"]
     except ClientError as err:
@@ -153,6 +155,41 @@ def _create(lam: Any, name: str, config: dict[str, Any], code: bytes, tags: dict
 
 def _wait_updated(lam: Any, name: str) -> None:
     lam.get_waiter("function_updated_v2").wait(FunctionName=name, WaiterConfig={"Delay": 2, "MaxAttempts": 90})
+
+
+def current_environment(lam: Any, name: str) -> dict[str, str]:
+    """The environment of an existing function ({} when there is none), e.g. to keep a generated secret."""
+    try:
+        config = lam.get_function_configuration(FunctionName=name)
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "ResourceNotFoundException":
+            return {}
+        raise
+    return dict((config.get("Environment") or {}).get("Variables") or {})
+
+
+def ensure_queue_trigger(lam: Any, function_name: str, queue_arn: str, *, batch_size: int) -> str:
+    """The SQS event source mapping of a function, with partial batch responses; returns its UUID."""
+    settings = {"BatchSize": batch_size, "FunctionResponseTypes": ["ReportBatchItemFailures"], "Enabled": True}
+    found = lam.list_event_source_mappings(FunctionName=function_name, EventSourceArn=queue_arn)["EventSourceMappings"]
+    if found:
+        uuid = str(found[0]["UUID"])
+        lam.update_event_source_mapping(UUID=uuid, FunctionName=function_name, **settings)
+        return uuid
+    return str(lam.create_event_source_mapping(EventSourceArn=queue_arn, FunctionName=function_name, **settings)["UUID"])
+
+
+def delete_queue_triggers(lam: Any, function_name: str) -> int:
+    """Remove the function's event source mappings; returns how many there were."""
+    try:
+        found = lam.list_event_source_mappings(FunctionName=function_name)["EventSourceMappings"]
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "ResourceNotFoundException":
+            return 0
+        raise
+    for mapping in found:
+        lam.delete_event_source_mapping(UUID=mapping["UUID"])
+    return len(found)
 
 
 def delete_function(lam: Any, name: str) -> bool:

@@ -81,8 +81,12 @@ class DeployNames:
         return _fit(f"{self.stack}-callbacks-lambda")
 
     @property
+    def callbacks_function(self) -> str:
+        return f"{self.stack}-callbacks"
+
+    @property
     def callbacks_log_group(self) -> str:
-        return f"/aws/lambda/{self.stack}-callbacks"
+        return f"/aws/lambda/{self.callbacks_function}"
 
     def agent_role(self, runtime: str) -> str:
         return _fit(f"{self.stack}-{runtime}-agent")

@@ -82,7 +82,10 @@ def build_plan(settings: Settings, *, account: str = "111122223333", cluster: bo
     items += [PlanItem(s, "CloudWatch log group", names.log_group, 0.0, "14-day retention; ingestion and storage per GB"),
               PlanItem(s, "Lambda function", names.function, 0.0, _per_use("lambda")),
               PlanItem(s, "API Gateway REST API", names.rest_api, 0.0, f"{_per_use('api_gateway_rest')}; /{{proxy+}} ANY"),
-              PlanItem(s, "API key + usage plan", f"{names.api_key} / {names.usage_plan}", 0.0, "throttle + daily quota")]
+              PlanItem(s, "API key + usage plan", f"{names.api_key} / {names.usage_plan}", 0.0, "throttle + daily quota"),
+              PlanItem(s, "CloudWatch log group", names.callbacks_log_group, 0.0, "14-day retention"),
+              PlanItem(s, "Lambda function", names.callbacks_function, 0.0,
+                       f"callback dispatcher on {base.callbacks_queue} (event source mapping); {_per_use('lambda')}")]
     items += [PlanItem(s, "ECR repository", names.repository(r), 0.0, "image storage per GB-month") for r in REPOSITORIES]
     items.append(PlanItem(s, "SQS queue", names.interruption_queue, 0.0, "Karpenter interruption queue"))
     items += [PlanItem(s, "EventBridge rule", names.interruption_rule(k), 0.0, "free for AWS service events")

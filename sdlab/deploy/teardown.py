@@ -41,15 +41,20 @@ def teardown_stack(settings: Settings, target: AwsTarget, *, cluster: str | None
     names = DeployNames.of(settings, cluster)
     account = client("sts", target).get_caller_identity()["Account"]
     removed = apigw.delete_api(client("apigateway", target), names)
-    if lambda_pkg.delete_function(client("lambda", target), names.function):
-        removed.append(f"Lambda function {names.function}")
+    lam = client("lambda", target)
+    if lambda_pkg.delete_queue_triggers(lam, names.callbacks_function):
+        removed.append(f"event source mapping of {names.callbacks_function}")
+    for function in (names.function, names.callbacks_function):
+        if lambda_pkg.delete_function(lam, function):
+            removed.append(f"Lambda function {function}")
     logs = client("logs", target)
-    try:
-        logs.delete_log_group(logGroupName=names.log_group)
-        removed.append(f"log group {names.log_group}")
-    except ClientError as err:
-        if not _missing(err):
-            raise
+    for group in (names.log_group, names.callbacks_log_group):
+        try:
+            logs.delete_log_group(logGroupName=group)
+            removed.append(f"log group {group}")
+        except ClientError as err:
+            if not _missing(err):
+                raise
     iam = client("iam", target)
     role_names = {s.name for s in role_specs(settings, names, Arns(account, target.region))}
     role_names |= {r["RoleName"] for page in iam.get_paginator("list_roles").paginate(PathPrefix=names.role_path)
@@ -88,9 +93,11 @@ def remaining(settings: Settings, target: AwsTarget, *, cluster: str | None = No
     left += [f"REST API {a['name']} ({a['id']})" for a in gw.get_rest_apis(limit=500)["items"] if a["name"] == names.rest_api]
     left += [f"API key {k['name']}" for k in gw.get_api_keys(nameQuery=names.api_key)["items"] if k["name"] == names.api_key]
     left += [f"usage plan {p['name']}" for p in gw.get_usage_plans()["items"] if p["name"] == names.usage_plan]
-    probe(f"Lambda function {names.function}", client("lambda", target).get_function, FunctionName=names.function)
-    groups = client("logs", target).describe_log_groups(logGroupNamePrefix=names.log_group)["logGroups"]
-    left += [f"log group {g['logGroupName']}" for g in groups if g["logGroupName"] == names.log_group]
+    for function in (names.function, names.callbacks_function):
+        probe(f"Lambda function {function}", client("lambda", target).get_function, FunctionName=function)
+    for group in (names.log_group, names.callbacks_log_group):
+        groups = client("logs", target).describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+        left += [f"log group {g['logGroupName']}" for g in groups if g["logGroupName"] == group]
     sqs = client("sqs", target)
     for prefix in {names.stack, names.interruption_queue}:
         left += [f"SQS queue {u}" for u in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])]

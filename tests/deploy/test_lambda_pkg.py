@@ -38,6 +38,7 @@ def test_package_holds_the_light_core_and_its_pure_dependencies(vendored_builds)
         assert not [n for n in names if n.startswith(f"sdlab/{excluded}/")], f"sdlab/{excluded} must not ship"
     assert not [n for n in names if n.endswith(".pyc") or "__pycache__" in n]
     assert any(n.startswith("pydantic/") for n in names) and any(n.startswith("yaml/") for n in names)
+    assert any(n.startswith("httpx/") for n in names), "the callback dispatcher's HTTP client"
     assert any(n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names), "Lambda's platform"
     assert not [n for n in names if n.startswith(("boto3/", "botocore/"))], "boto3 comes with Lambda's runtime"
     assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
@@ -48,6 +49,7 @@ def test_handler_imports_from_the_package_alone(tmp_path):
     site = sysconfig.get_paths()["purelib"]  # boto3/pydantic of this interpreter, as Lambda's runtime + layer give them
     code = (f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {site!r}]; import sdlab.api.handlers as h; "
             f"assert h.__file__.startswith({str(tmp_path)!r}), h.__file__; assert callable(h.handler); "
+            "import sdlab.api.callbacks as c; assert callable(c.handler); "
             "assert 'torch' not in sys.modules and 'starlette' not in sys.modules")
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)  # -S: no editable install
     assert done.returncode == 0, done.stderr
