@@ -104,8 +104,11 @@ runtimes:
     batch: {max_batch: ${4:-8}, max_wait_ms: 30, buckets: [${4:-8}]}
     optimize: fast
 YAML
-    python3 -m sdlab bench e2e --config /tmp/e2e.yaml --tasks ${2:-200} --steps 25 --size 512 --reference ${3:-8.88} \
-      --home /tmp/e2e-home --json "$OUT/e2e.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tail -60
+    # its own time limit (E2E_TIMEOUT s), so the logs below are written even when it overruns; output lands in $OUT as
+    # it comes, never only in a pipe that a killed call would lose
+    timeout ${E2E_TIMEOUT:-480} python3 -m sdlab bench e2e --config /tmp/e2e.yaml --tasks ${2:-200} --steps 25 --size 512 \
+      --reference ${3:-8.88} --home /tmp/e2e-home --json "$OUT/e2e.json" > "$OUT/e2e.log" 2>&1
+    echo "e2e exit $?"; grep -v -i "warn\|torchvision\|kept in float32" "$OUT/e2e.log" | tail -60
     for f in /tmp/e2e-home/logs/runtime-*.log /tmp/e2e-home/logs/agent-*.log; do echo "== $f"; tail -15 "$f"; done > "$OUT/e2e-logs.txt"
     ;;
   *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e"; exit 2 ;;
