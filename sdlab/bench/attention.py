@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from sdlab.bench.runtime import cuda_ms, unet_inputs
+
 # (model, where, heads, tokens, key tokens, head width) for one image; the batch is 2 × images (CFG).
 SHAPES = (
     ("sd15", "64² self", 8, 4096, 4096, 40),
@@ -23,18 +25,6 @@ SHAPES = (
     ("sdxl", "32² self", 20, 1024, 1024, 64),
 )
 BACKENDS = ("flash", "cudnn", "efficient")
-
-
-def _time(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def kernels(images: dict[str, int]) -> list[dict[str, Any]]:
@@ -54,7 +44,8 @@ def kernels(images: dict[str, int]) -> list[dict[str, Any]]:
         for name in BACKENDS:
             try:
                 with sdpa_kernel(chosen[name]):
-                    ms = _time(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+                    ms = cuda_ms(lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                                 warmup=3, iters=20)
                 row[name] = {"ms": round(ms, 3), "tflops": round(flop / ms / 1e9, 1)}
             except RuntimeError as exc:  # the backend cannot run this shape
                 row[name] = {"error": str(exc).splitlines()[0][:120]}
@@ -69,21 +60,12 @@ def unet(model: str, images: int, *, iters: int = 10) -> dict[str, Any]:
 
     pipe = models.build(model, device="cuda", dtype=torch.bfloat16)
     pipe.unet.to(memory_format=torch.channels_last)
-    size = models.MODELS[model][1]
-    lat = size // pipe.vae_scale_factor
-    b = 2 * images
-    x = torch.randn(b, 4, lat, lat, device="cuda", dtype=torch.bfloat16)
-    t = torch.tensor(500.0, device="cuda")
-    ehs = torch.randn(b, 77, pipe.unet.config.cross_attention_dim, device="cuda", dtype=torch.bfloat16)
-    added = None
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        added = {"text_embeds": torch.randn(b, pipe.text_encoder_2.config.projection_dim, device="cuda", dtype=torch.bfloat16),
-                 "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * b, device="cuda", dtype=torch.bfloat16)}
+    x, t, ehs, added = unet_inputs(pipe, 2 * images, models.MODELS[model][1])
     out: dict[str, Any] = {"model": model, "images": images}
     net = pipe.unet
     with torch.inference_mode():
         for name in ("auto",) + BACKENDS:
             with attention_context(Optimizations(attention=name)):
-                out[name] = round(_time(lambda: net(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added,
-                                                    return_dict=False), iters), 2)
+                out[name] = round(cuda_ms(lambda: net(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added,
+                                                      return_dict=False), warmup=3, iters=iters), 2)
     return out

@@ -127,35 +127,49 @@ def components(pipe: Any, n: int, *, size: int, unet_step_flops: float, vae_flop
         return _components(pipe, opts, n, size_b, dev, dtype, lat, size, unet_step_flops, vae_flops, iters)
 
 
-def _components(pipe, opts, n, size_b, dev, dtype, lat, size, unet_step_flops, vae_flops, iters) -> dict[str, float]:
-    x = torch.randn(size_b, pipe.unet.config.in_channels, lat, lat, device=dev, dtype=dtype)
+def unet_inputs(pipe: Any, batch: int, size: int) -> tuple[Any, Any, Any, dict[str, Any] | None]:
+    """Random inputs of one UNet call at ``batch`` (the CFG batch) for ``size``² images, as the loop passes them:
+    latents, timestep, text embeddings and, for SDXL, the added conditions."""
+    dev, dtype = pipe.device, pipe.unet.dtype
+    lat = size // pipe.vae_scale_factor
+    x = torch.randn(batch, pipe.unet.config.in_channels, lat, lat, device=dev, dtype=dtype)
     t = torch.tensor(500.0, device=dev)
-    ehs = torch.randn(size_b, 77, pipe.unet.config.cross_attention_dim, device=dev, dtype=dtype)
+    ehs = torch.randn(batch, 77, pipe.unet.config.cross_attention_dim, device=dev, dtype=dtype)
     added = None
     if getattr(pipe, "text_encoder_2", None) is not None:
-        added = {"text_embeds": torch.randn(size_b, pipe.text_encoder_2.config.projection_dim, device=dev, dtype=dtype),
-                 "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * size_b, device=dev, dtype=dtype)}
-    chunk = opts.vae_batch or n
-    z = torch.randn(chunk, pipe.vae.config.latent_channels, lat, lat, device=dev, dtype=pipe.vae.dtype)
+        added = {"text_embeds": torch.randn(batch, pipe.text_encoder_2.config.projection_dim, device=dev, dtype=dtype),
+                 "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch, device=dev, dtype=dtype)}
+    return x, t, ehs, added
 
-    def timed(fn) -> float:
-        for _ in range(2):
-            fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
 
-    def unet():
+def cuda_ms(fn: Any, *, warmup: int = 2, iters: int = 10) -> float:
+    """Mean milliseconds of ``fn`` on the GPU (CUDA events) after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def _unet_call(pipe: Any, opts: optimize.Optimizations, inputs: tuple[Any, Any, Any, Any]):
+    x, t, ehs, added = inputs
+
+    def unet() -> None:
         if opts.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         pipe.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
+    return unet
 
-    unet_ms = timed(unet)
-    vae_ms = timed(lambda: pipe.vae.decode(z, return_dict=False))
+
+def _components(pipe, opts, n, size_b, dev, dtype, lat, size, unet_step_flops, vae_flops, iters) -> dict[str, float]:
+    chunk = opts.vae_batch or n
+    z = torch.randn(chunk, pipe.vae.config.latent_channels, lat, lat, device=dev, dtype=pipe.vae.dtype)
+    unet_ms = cuda_ms(_unet_call(pipe, opts, unet_inputs(pipe, size_b, size)), iters=iters)
+    vae_ms = cuda_ms(lambda: pipe.vae.decode(z, return_dict=False), iters=iters)
     return {"unet_ms": round(unet_ms, 2), "unet_tflops": round(n * unet_step_flops / unet_ms / 1e9, 1),
             "vae_ms_per_image": round(vae_ms / chunk, 2), "vae_tflops": round(chunk * vae_flops / vae_ms / 1e9, 1)}
 
@@ -204,23 +218,8 @@ def kernel_profile(pipe: Any, n: int, *, size: int, iters: int = 3) -> dict[str,
     from torch.profiler import ProfilerActivity, profile
 
     opts = optimize.settings_of(pipe)
-    lat = size // pipe.vae_scale_factor
-    dev, dtype = pipe.device, pipe.unet.dtype
-    b = 2 * n
     with torch.inference_mode(), optimize.attention_context(opts):
-        x = torch.randn(b, pipe.unet.config.in_channels, lat, lat, device=dev, dtype=dtype)
-        t = torch.tensor(500.0, device=dev)
-        ehs = torch.randn(b, 77, pipe.unet.config.cross_attention_dim, device=dev, dtype=dtype)
-        added = None
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            added = {"text_embeds": torch.randn(b, pipe.text_encoder_2.config.projection_dim, device=dev, dtype=dtype),
-                     "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * b, device=dev, dtype=dtype)}
-
-        def unet():
-            if opts.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            pipe.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
-
+        unet = _unet_call(pipe, opts, unet_inputs(pipe, 2 * n, size))
         for _ in range(2):
             unet()
         torch.cuda.synchronize()
@@ -324,9 +323,9 @@ def bench_model(model: str, variants: list[Variant], *, device: str, size: int, 
         base = same_seed.get("diffusers", {})
         if label == "diffusers":
             continue
-        diffs = {n: _pixel_diff(base[n], f) for n, f in firsts.items() if base.get(n) is not None and f is not None}
-        if diffs:
-            notes[f"vs_diffusers_mean_abs_diff_{label}"] = diffs
+        against = {n: _pixel_diff(base[n], f) for n, f in firsts.items() if base.get(n) is not None and f is not None}
+        if against:
+            notes[f"vs_diffusers_mean_abs_diff_{label}"] = against
     del pipe
     gc.collect()
     if device.startswith("cuda"):

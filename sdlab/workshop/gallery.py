@@ -65,7 +65,7 @@ def judged(images: Sequence[Image.Image], prompt: str) -> Any:
     for i, image in enumerate(images):
         reading = read_image(np.asarray(image.convert("RGB")))
         rows.append({"image": i, "asked": prompt if asked else "(outside the model's language)",
-                     "judge reads": reading.caption(), "match": bool(asked) and reading.matches(asked)})
+                     "judge reads": reading.caption(), "match": asked is not None and reading.matches(asked)})
     return pd.DataFrame(rows).set_index("image")
 
 
