@@ -131,8 +131,9 @@ def build(name: str, *, device: str, dtype: torch.dtype = torch.float16, seed: i
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1, attention_head_dim=(2, 4),
                 cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, norm_num_groups=8)
-            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                                block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, sample_size=64)
+            # ×8 down-sampling like SDXL's own VAE, so latents (and ComfyUI's EmptyLatentImage) are image side / 8
+            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=64)
             pipe = StableDiffusionXLPipeline(
                 vae=vae, text_encoder=CLIPTextModel(_text_config({**tiny, "hidden_act": "quick_gelu"}, vocab)),
                 text_encoder_2=CLIPTextModelWithProjection(_text_config({**tiny, "hidden_act": "gelu"}, vocab)),
@@ -143,19 +144,28 @@ def build(name: str, *, device: str, dtype: torch.dtype = torch.float16, seed: i
     return pipe
 
 
+def save(name: str, out_dir: Path, *, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float16) -> Path:
+    """Write a random-weight model of :func:`build` as a diffusers folder (safetensors, tokenizers included)."""
+    pipe = build(name, device=device, dtype=dtype, seed=seed).to("cpu")
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    write_tokenizer(out_dir / "tokenizer")
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        write_tokenizer(out_dir / "tokenizer_2")
+    return out_dir
+
+
 def save_sd15(out_dir: Path, *, seed: int = 0, single_file: bool = False, device: str = "cpu") -> Path:
     """Write the random-weight SD1.5 as a diffusers folder (safetensors) for cold-start and end-to-end runs.
 
     With ``single_file`` also write ``<out_dir>.safetensors`` in the original LDM layout (A1111's format).
     """
-    from sdlab.runtime.model import to_ldm_state_dict
-
-    pipe = build("sd15", device=device, dtype=torch.float16, seed=seed).to("cpu")
-    out_dir = Path(out_dir)
-    pipe.save_pretrained(str(out_dir), safe_serialization=True)
-    write_tokenizer(out_dir / "tokenizer")
+    out_dir = save("sd15", out_dir, seed=seed, device=device)
     if single_file:
         from safetensors.torch import save_file
 
+        from sdlab.runtime.model import to_ldm_state_dict
+
+        pipe = build("sd15", device=device, dtype=torch.float16, seed=seed).to("cpu")
         save_file(to_ldm_state_dict(pipe), str(out_dir.with_suffix(".safetensors")), metadata={"format": "pt"})
     return out_dir

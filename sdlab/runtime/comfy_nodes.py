@@ -69,6 +69,7 @@ class CheckpointRef:
 @dataclass(frozen=True)
 class Conditioning:
     embeds: torch.Tensor  # (1, tokens, hidden)
+    pooled: torch.Tensor | None = None  # SDXL: the second text encoder's pooled output (1, projection)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,10 @@ def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
 def _clip_text_encode(ctx: NodeContext, text: str, clip: CheckpointRef) -> NodeResult:
     pipe = ctx.registry.get(clip.title)
     with torch.inference_mode():
+        if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: both encoders, and the pooled vector
+            embeds, _, pooled, _ = pipe.encode_prompt(prompt=text, device=pipe.device, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=False)
+            return (Conditioning(embeds, pooled),), None
         embeds, _ = pipe.encode_prompt(text, pipe.device, 1, False)
     return (Conditioning(embeds),), None
 
@@ -204,6 +209,9 @@ def _ksampler(ctx: NodeContext, model: CheckpointRef, seed: int, steps: int, cfg
         "output_type": "latent",
         "callback_on_step_end": on_step_end,
     }
+    if positive.pooled is not None and negative.pooled is not None:
+        common["pooled_prompt_embeds"] = positive.pooled.to(device, dtype).expand(batch, -1)
+        common["negative_pooled_prompt_embeds"] = negative.pooled.to(device, dtype).expand(batch, -1)
     sched = _scheduler(base.scheduler.config, sampler_name, scheduler)
     with torch.inference_mode():
         if denoise >= 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -94,8 +95,6 @@ def load_pipeline(
     Raises:
         ModelError: the path is missing, has an unknown format, or fails to load.
     """
-    from diffusers import StableDiffusionPipeline
-
     model_path = Path(model_path)
     device = resolve_device(device)
     dtype = getattr(optimizations, "dtype", None) or dtype
@@ -107,8 +106,11 @@ def load_pipeline(
             raise ModelError(f"{model_path} is a folder without model_index.json; point at a diffusers model folder")
         if device.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
             kwargs["device_map"] = device  # safetensors straight to the GPU: no CPU copy, no .to() afterwards
+        cls = pipeline_class(model_path)
+        if cls.__name__ == "StableDiffusionXLPipeline":
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("safety_checker", "requires_safety_checker")}
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(str(model_path), **kwargs)
+            pipe = cls.from_pretrained(str(model_path), **kwargs)
         except Exception as exc:
             raise ModelError(f"cannot load diffusers model {model_path}: {exc}") from exc
     elif model_path.is_file() and model_path.suffix == ".safetensors":
@@ -126,12 +128,15 @@ def load_pipeline(
         kwargs.pop("requires_safety_checker")
         # from_single_file still spells it torch_dtype; with `dtype` it would load fp32 and cast afterwards.
         kwargs["torch_dtype"] = kwargs.pop("dtype")
+        cls = pipeline_class(model_path)
+        if cls.__name__ == "StableDiffusionXLPipeline":
+            kwargs.pop("safety_checker")
         try:
-            pipe = StableDiffusionPipeline.from_single_file(str(model_path), **kwargs)
+            pipe = cls.from_single_file(str(model_path), **kwargs)
         except Exception as exc:
             raise ModelError(
                 f"cannot load single-file checkpoint {model_path} (config={config}, original_config={original_config}): "
-                f"{exc}. The file must be an SD 1.x checkpoint in the original LDM layout matching that config."
+                f"{exc}. The file must be an SD 1.x or SDXL checkpoint in the original LDM layout matching that config."
             ) from exc
     elif model_path.exists():
         raise ModelError(f"unsupported model file {model_path}; use a diffusers folder or a .safetensors checkpoint")
@@ -152,10 +157,44 @@ def load_pipeline(
     return pipe
 
 
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def pipeline_class(model_path: Path) -> Any:
+    """The diffusers pipeline class of a model: SD 1.x/2.x or SDXL.
+
+    A folder says so in ``model_index.json`` (``_class_name``); a single file in the original LDM layout is SDXL
+    when it holds the second text encoder (``conditioner.embedders.1.*``), read from the safetensors header alone.
+    """
+    import diffusers
+
+    if model_path.is_dir():
+        name = json.loads((model_path / "model_index.json").read_text()).get("_class_name", "StableDiffusionPipeline")
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(model_path), framework="pt") as f:
+            xl = any(k.startswith("conditioner.embedders.1.") for k in f.keys())
+        name = "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"
+    if name not in SUPPORTED_PIPELINES:
+        raise ModelError(f"{model_path} is a {name}; the sdlab runtime serves {', '.join(SUPPORTED_PIPELINES)} models")
+    return getattr(diffusers, name)
+
+
 def with_scheduler(pipe, scheduler, *, img2img: bool = False):
     """A pipeline sharing ``pipe``'s modules but using ``scheduler``; ``pipe`` stays unchanged."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from diffusers import (
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
 
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: its own pipelines, no safety checker
+        xl: Any = (StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline).from_pipe(
+            pipe, scheduler=scheduler)
+        xl.set_progress_bar_config(disable=True)
+        return xl
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
     components = {**pipe.components, "scheduler": scheduler}
     components["safety_checker"] = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,29 +39,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(models_dir: Path, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(models_dir: Path, model: str, log_dir: Path, *extra: str) -> Iterator[httpx.Client]:
     """``python -m sdlab.runtime`` on a free port; yields an httpx client once /healthz is 200."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log_path = log_dir / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [
-        sys.executable,
-        "-m",
-        "sdlab.runtime",
-        "--models-dir",
-        str(models_dir),
-        "--model",
-        "tiny-a",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        "2",
-        "--single-file-config",
-        str(models_dir / "tiny-a"),
-    ]
+    cmd = [sys.executable, "-m", "sdlab.runtime", "--models-dir", str(models_dir), "--model", model,
+           "--host", "127.0.0.1", "--port", str(port), "--threads", "2", *extra]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
@@ -76,7 +63,7 @@ def server(models_dir: Path, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"server not healthy after 60 s:\n{log_path.read_text()}")
             time.sleep(0.2)
-        client.log_path = log_path  # for tests that inspect the log
+        client.log_path = log_path  # type: ignore[attr-defined]  # for tests that inspect the log
         yield client
     finally:
         client.close()
@@ -86,3 +73,11 @@ def server(models_dir: Path, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path, tmp_path_factory):
+    """The runtime serving ``models_dir`` (startup model ``tiny-a``; single files configured by ``tiny-a``)."""
+    with running_server(models_dir, "tiny-a", tmp_path_factory.mktemp("server"),
+                        "--single-file-config", str(models_dir / "tiny-a")) as client:
+        yield client
