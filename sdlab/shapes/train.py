@@ -52,6 +52,7 @@ class TrainConfig:
     offset_noise: float = 0.1  # lets the model reach flat dark and bright backgrounds under SD's noise schedule
     checkpoint_every: int = 500
     supersample: int = 2
+    round_trip_images: int = 200  # held-out scenes judged after the autoencoder stage (its ceiling, recorded)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -239,7 +240,8 @@ class Trainer:
         from sdlab.shapes.evaluate import round_trip_scores
 
         self.vae.eval()
-        self.round_trip = round_trip_scores(self.vae, device=self.device)
+        self.round_trip = round_trip_scores(self.vae, n=self.cfg.round_trip_images, size=self.cfg.resolution,
+                                            device=self.device)
         log.info("autoencoder round trip, judged: %s", self.round_trip)
 
     def _tokens(self, captions: list[str]) -> torch.Tensor:

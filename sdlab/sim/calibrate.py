@@ -16,6 +16,7 @@ import json
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,13 +98,20 @@ class _Sampler(threading.Thread):
 
 
 def live_run(settings: Settings, runtime: str, home: Path, offsets: list[float], payload: dict[str, Any],
-             timeout_s: float = 120.0) -> LiveRun:
-    """Start the stack with --autoscale, submit at `offsets` (seconds), wait for the results and the scale to zero."""
+             timeout_s: float = 120.0, *, before: Callable[[], None] | None = None,
+             during: Callable[[], None] | None = None) -> LiveRun:
+    """Start the stack with --autoscale, submit at `offsets` (seconds), wait for the results and the scale to zero.
+
+    `before` is called once the stack is up and before the first submit, `during` once every task is submitted
+    (both while the stack runs: for checks of its processes).
+    """
     from sdlab.client import Client
     from sdlab.local import stack as local_stack
 
     local_stack.up(settings, home, autoscale=True)
     try:
+        if before is not None:
+            before()
         with Client.from_stack(str(home)) as client:
             t0 = time.monotonic()
             sampler = _Sampler(home, t0)
@@ -115,6 +123,8 @@ def live_run(settings: Settings, runtime: str, home: Path, offsets: list[float],
                     time.sleep(delay)
                 submits.append(time.monotonic() - t0)
                 ids.append(client.submit(runtime, f"calibration {i}", payload=payload).id)
+            if during is not None:
+                during()
             deadline = time.monotonic() + timeout_s
             notes = client.wait(ids, timeout=timeout_s)
             # end of each runtime call = submit + time queued + time in the runtime (the agent's own timings)

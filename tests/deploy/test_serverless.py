@@ -82,29 +82,10 @@ def test_cluster_status_describes_an_existing_cluster(aws, names):
     assert eks.cluster_status(eks_client, names.cluster)["status"] == "ACTIVE"
 
 
-def test_deploy_twice_then_teardown_leaves_nothing(aws, test_settings, tmp_path):
-    first = deploy_serverless(test_settings, aws, vendor=False)
-    second = deploy_serverless(test_settings, aws, vendor=False)
-    assert first.to_dict() == second.to_dict()
-    assert first.callback_secret == second.callback_secret and len(first.callback_secret) >= 32  # kept, not re-rolled
-    left = remaining(test_settings, aws)
-    for expected in ("Lambda function sdlabtest-api", "Lambda function sdlabtest-callbacks", "IAM role sdlabtest-rt-a-agent",
-                     "S3 bucket sdlabtest-data",
-                     "DynamoDB table sdlabtest-tasks", "ECR repository sdlab-agent", "usage plan sdlabtest-plan",
-                     "EventBridge rule sdlabtest-karpenter-spot-interruption"):
-        assert expected in left
-    removed = teardown_stack(test_settings, aws)
-    kinds = [r.split(" ")[0] for r in removed]
-    assert kinds.index("usage") < kinds.index("Lambda") < kinds.index("IAM") < kinds.index("ECR") < kinds.index("EventBridge")
-    assert remaining(test_settings, aws) == []
-    assert teardown_stack(test_settings, aws) == []
-
-
-def test_the_callback_dispatcher_is_deployed_on_the_callbacks_queue(aws, test_settings):
+def _dispatcher_is_deployed_on_the_callbacks_queue(aws, deployed) -> None:
     from sdlab import envvars
     from sdlab.aws import client
 
-    deployed = deploy_serverless(test_settings, aws, vendor=False)
     lam, sqs = client("lambda", aws), client("sqs", aws)
     config = lam.get_function_configuration(FunctionName="sdlabtest-callbacks")
     assert config["Handler"] == "sdlab.api.callbacks.handler" and config["Role"].endswith("sdlabtest-callbacks-lambda")
@@ -118,9 +99,27 @@ def test_the_callback_dispatcher_is_deployed_on_the_callbacks_queue(aws, test_se
     assert config["Timeout"] <= int(queue["VisibilityTimeout"])  # what Lambda requires of an SQS trigger
     [mapping] = lam.list_event_source_mappings(FunctionName="sdlabtest-callbacks")["EventSourceMappings"]
     assert mapping["EventSourceArn"] == queue["QueueArn"] and mapping["FunctionArn"] == deployed.callbacks_function_arn
-    assert mapping.get("FunctionResponseTypes", ["ReportBatchItemFailures"]) == ["ReportBatchItemFailures"]
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"] and mapping["BatchSize"] == 5
     assert deployed.to_dict()["callback_secret"].endswith("…")  # printed redacted
-    teardown_stack(test_settings, aws)
+
+
+def test_deploy_twice_then_teardown_leaves_nothing(aws, test_settings, tmp_path):
+    first = deploy_serverless(test_settings, aws, vendor=False)
+    second = deploy_serverless(test_settings, aws, vendor=False)
+    assert first.to_dict() == second.to_dict()
+    assert first.callback_secret == second.callback_secret and len(first.callback_secret) >= 32  # kept, not re-rolled
+    _dispatcher_is_deployed_on_the_callbacks_queue(aws, second)
+    left = remaining(test_settings, aws)
+    for expected in ("Lambda function sdlabtest-api", "Lambda function sdlabtest-callbacks", "IAM role sdlabtest-rt-a-agent",
+                     "S3 bucket sdlabtest-data",
+                     "DynamoDB table sdlabtest-tasks", "ECR repository sdlab-agent", "usage plan sdlabtest-plan",
+                     "EventBridge rule sdlabtest-karpenter-spot-interruption"):
+        assert expected in left
+    removed = teardown_stack(test_settings, aws)
+    kinds = [r.split(" ")[0] for r in removed]
+    assert kinds.index("usage") < kinds.index("Lambda") < kinds.index("IAM") < kinds.index("ECR") < kinds.index("EventBridge")
+    assert remaining(test_settings, aws) == []
+    assert teardown_stack(test_settings, aws) == []
 
 
 def test_remaining_reports_other_tagged_resources_and_gpu_nodes(aws, test_settings):

@@ -28,7 +28,8 @@ def test_small_eval_of_the_bundled_model_holds_its_scores(capsys):
 def _tiny():
     from sdlab.shapes.train import TrainConfig
 
-    return TrainConfig(resolution=32, vae_steps=2, vae_batch=2, steps=2, batch=2, warmup=1, checkpoint_every=100)
+    return TrainConfig(resolution=32, vae_steps=2, vae_batch=2, steps=2, batch=2, warmup=1, checkpoint_every=100,
+                       round_trip_images=4)
 
 
 def test_training_resumes_to_the_same_weights_as_an_unbroken_run(tmp_path):
