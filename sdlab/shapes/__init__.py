@@ -25,6 +25,6 @@ def example_prompts() -> list[str]:
         "two small blue squares on a yellow background",
         "three green triangles on a black background",
         "a yellow star on a purple background",
-        "a small pink circle at the top on a cyan background",
+        "a small pink circle on a cyan background",
         "two large orange stars on a blue background",
     ]

@@ -54,6 +54,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0 if ev.passed() else 1
 
 
+def _cmd_sheet(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from sdlab.runtime.loader import load_pipeline
+    from sdlab.shapes import example_prompts
+    from sdlab.shapes.judge import parse_caption, read_image
+    from sdlab.workshop.gallery import contact_sheet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts = args.prompt or example_prompts()
+    pipe = load_pipeline(_model_dir(args.model), device=args.device)
+    out = pipe(prompt=prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size,
+               height=args.size, generator=[torch.Generator("cpu").manual_seed(args.seed + i) for i in range(len(prompts))])
+    titles, agree = [], 0
+    for prompt, image in zip(prompts, out.images, strict=True):
+        reading, asked = read_image(np.asarray(image)), parse_caption(prompt)
+        ok = asked is not None and reading.matches(asked)
+        agree += ok
+        titles.append(prompt)
+        print(f"{'yes' if ok else 'no ':<4} {prompt}  →  judge reads: {reading.caption()}")
+    contact_sheet(out.images, titles, tile_px=args.tile, columns=args.columns).save(args.out)
+    print(f"{agree} of {len(prompts)} pictures show what their prompt asked; sheet: {args.out}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -96,6 +123,20 @@ def register(models: Any) -> None:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--sheet", default=None, help="write the first 32 images as one PNG here")
     e.set_defaults(fn=_cmd_eval)
+
+    sh = models.add_parser("sheet", help="one picture per prompt, captioned, in one PNG, with what the judge reads in each")
+    sh.add_argument("--out", default="outputs/shapes-sheet.png")
+    sh.add_argument("--prompt", action="append", default=None, help="a prompt (repeat; default: the example prompts)")
+    sh.add_argument("--model", default=None)
+    sh.add_argument("--size", type=int, default=128)
+    sh.add_argument("--steps", type=int, default=20)
+    sh.add_argument("--guidance", type=float, default=7.0)
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--tile", type=int, default=256, help="tile side in the sheet (pixels)")
+    sh.add_argument("--columns", type=int, default=3)
+    sh.add_argument("--device", default=None)
+    sh.add_argument("--threads", type=int, default=None)
+    sh.set_defaults(fn=_cmd_sheet)
 
     b = models.add_parser("bench", help="CPU seconds per image of a model (default: the bundled one)")
     b.add_argument("--model", default=None)

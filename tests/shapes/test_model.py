@@ -48,3 +48,18 @@ def test_training_resumes_to_the_same_weights_as_an_unbroken_run(tmp_path):
     for part in ("unet/diffusion_pytorch_model", "text_encoder/model", "vae/diffusion_pytorch_model"):
         a, b = load_file(str(whole / f"{part}.safetensors")), load_file(str(resumed / f"{part}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_sheet_draws_each_prompt_and_says_what_the_judge_reads(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "sheet.png"
+    with pytest.raises(SystemExit) as done:
+        main(["model", "sheet", "--out", str(out), "--prompt", "a large red circle on a white background",
+              "--prompt", "a red fox in the snow", "--steps", "12", "--tile", "64", "--columns", "2", "--threads", "2"])
+    assert done.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "yes  a large red circle on a white background  →  judge reads: a red circle on a white background"
+    assert lines[1].startswith("no   a red fox in the snow")  # outside the model's language: nothing to agree with
+    assert lines[-1].startswith("1 of 2 pictures show what their prompt asked")
+    assert Image.open(out).size == (2 * 68, 64 + 14 + 4)
