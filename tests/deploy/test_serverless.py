@@ -103,12 +103,24 @@ def _dispatcher_is_deployed_on_the_callbacks_queue(aws, deployed) -> None:
     assert deployed.to_dict()["callback_secret"].endswith("…")  # printed redacted
 
 
+def _plan_lists_everything_deployed(aws, test_settings) -> None:
+    """`sdlab aws plan` (no AWS call) names every resource the deploy made, and prices the idle stack."""
+    from sdlab.deploy.plan import build_plan, format_plan
+
+    planned = " ".join(i.name for i in build_plan(test_settings))
+    for line in remaining(test_settings, aws):
+        name = line.split(" ")[-1] if "(" not in line else line.split(" ")[-2]
+        assert name.rsplit("/", 1)[-1].rsplit(":", 1)[-1] in planned, f"deployed but not planned: {line}"
+    assert "idle cost $0.3082/h" in format_plan(build_plan(test_settings))
+
+
 def test_deploy_twice_then_teardown_leaves_nothing(aws, test_settings, tmp_path):
     first = deploy_serverless(test_settings, aws, vendor=False)
     second = deploy_serverless(test_settings, aws, vendor=False)
     assert first.to_dict() == second.to_dict()
     assert first.callback_secret == second.callback_secret and len(first.callback_secret) >= 32  # kept, not re-rolled
     _dispatcher_is_deployed_on_the_callbacks_queue(aws, second)
+    _plan_lists_everything_deployed(aws, test_settings)
     left = remaining(test_settings, aws)
     for expected in ("Lambda function sdlabtest-api", "Lambda function sdlabtest-callbacks", "IAM role sdlabtest-rt-a-agent",
                      "S3 bucket sdlabtest-data",
