@@ -13,6 +13,7 @@ compatible company, then everything compatible (up to ``max_batch`` images) goes
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -21,13 +22,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
 
 from sdlab.errors import ValidationError
-from sdlab.runtime.optimize import settings_of
+from sdlab.runtime.optimize import attention_context, settings_of
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
 
@@ -101,20 +105,22 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def generate_batch(pipe: Any, items: Sequence[BatchItem], **kwargs: Any) -> BatchOutput:
-    """Text-to-image for ``items`` in one denoising loop; see :func:`_generate` for the arguments.
+def _under_attention_choice(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn(pipe, ...)`` under the pipeline's attention-backend choice
+    (:func:`sdlab.runtime.optimize.attention_context`), so graphs compiled during a call and every later call use
+    the same backend."""
 
-    Runs under the pipeline's attention-backend choice (:func:`sdlab.runtime.optimize.attention_context`), so
-    graphs compiled during a call and every later call use the same backend.
-    """
-    from sdlab.runtime.optimize import attention_context
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with attention_context(settings_of(args[0])):
+            return fn(*args, **kwargs)
 
-    with attention_context(settings_of(pipe)):
-        return _generate(pipe, items, **kwargs)
+    return wrapper
 
 
+@_under_attention_choice
 @torch.inference_mode()
-def _generate(
+def generate_batch(
     pipe: Any,
     items: Sequence[BatchItem],
     *,
