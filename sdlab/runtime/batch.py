@@ -132,6 +132,7 @@ def generate_batch(
     eta: float | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    on_latents: Callable[[int, torch.Tensor], None] | None = None,
     output: str = "pil",
 ) -> BatchOutput:
     """Text-to-image for ``items`` in one denoising loop (StableDiffusion or StableDiffusionXL pipelines).
@@ -145,6 +146,7 @@ def generate_batch(
         eta: DDIM's eta; diffusers' default 0.0 when None.
         should_stop: Polled before each step; True stops denoising and decodes the partial latents.
         on_step: Called with ``(steps_done, total_steps)`` after each step.
+        on_latents: Called with ``(steps_done, latents)`` after each step (live previews; padding included).
         output: ``"pil"`` (list of PIL images) or ``"uint8"`` (list of HxWx3 arrays).
     """
     # 0. check inputs
@@ -232,6 +234,8 @@ def generate_batch(
         latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
         if on_step is not None:
             on_step(i + 1, total)
+        if on_latents is not None:
+            on_latents(i + 1, latents)
 
     # 6. decode (in chunks of opts.vae_batch images) and convert to 8-bit on the device
     latents = latents[:n]

@@ -38,6 +38,7 @@ from sdlab.errors import ModelError, ValidationError
 from sdlab.runtime import comfy_api, extras, native_api, optimize, samplers
 from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch
 from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, with_scheduler
+from sdlab.runtime.preview import LivePreview
 
 logger = logging.getLogger(__name__)
 
@@ -118,15 +119,17 @@ def encode_png(image: Image.Image, infotext: str) -> str:
 
 
 class JobState:
-    """What ``/sdapi/v1/progress`` reports; written by the generating thread only."""
+    """What ``/sdapi/v1/progress`` reports; written by the generating thread only (the preview has its own lock)."""
 
     def __init__(self) -> None:
+        self.preview = LivePreview()
         self.begin("", 0)
 
     def begin(self, job: str, job_count: int) -> None:
         self.job, self.job_count, self.job_no = job, job_count, 0
         self.sampling_step, self.sampling_steps = 0, 0
         self.interrupted = self.skipped = False
+        self.preview.reset()
         self.time_start = time.time()
         self.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
 
@@ -137,9 +140,11 @@ class JobState:
         keys = ("skipped", "interrupted", "job", "job_count", "job_timestamp", "job_no", "sampling_step", "sampling_steps")
         return {k: getattr(self, k) for k in keys}
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self, with_image: bool = False) -> dict[str, Any]:
+        """SD WebUI's progress answer; ``with_image`` asks for the live preview (and keeps previews coming)."""
         # Read each field once: the generating thread may end the job while we compute.
         job_count, steps = self.job_count, self.sampling_steps
+        image = self.preview.watch() if with_image else None
         if job_count == 0:
             return {"progress": 0.0, "eta_relative": 0.0, "state": self.as_dict(), "current_image": None, "textinfo": None}
         done = 0.01 + self.job_no / job_count
@@ -151,7 +156,7 @@ class JobState:
             "progress": min(done, 1.0),
             "eta_relative": eta,
             "state": self.as_dict(),
-            "current_image": None,
+            "current_image": image,
             "textinfo": None,
         }
 
@@ -456,6 +461,7 @@ class Runtime:
                     eta=key.eta,
                     should_stop=should_stop,
                     on_step=on_step,
+                    on_latents=lambda step, latents: self.state.preview.maybe_update(base, step, latents),
                 )
             finally:
                 self.state.skipped = False  # /skip ends only the current batch
@@ -484,6 +490,8 @@ class Runtime:
         def on_step_end(p, step, timestep, callback_kwargs):
             self.state.sampling_step = step + 1
             self.state.sampling_steps = p.num_timesteps
+            if "latents" in callback_kwargs:
+                self.state.preview.maybe_update(p, step + 1, callback_kwargs["latents"])
             if self._interrupts > mark or self.state.skipped:
                 # diffusers skips the remaining steps and decodes the current latents,
                 # which is A1111's "return the partial image" behaviour.
@@ -667,8 +675,8 @@ def create_app(
         return rt.generate(req)
 
     @app.get("/sdapi/v1/progress")
-    async def progress():
-        return rt.state.progress()
+    async def progress(skip_current_image: bool = False):
+        return rt.state.progress(with_image=not skip_current_image)
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():

@@ -175,6 +175,13 @@ def test_progress_and_interrupt_during_generation(server):
         time.sleep(0.05)
     assert progress["state"]["job"] == "txt2img", progress
     assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 1000
+    # the live preview: asked for (SD WebUI's default), the image being made, decoded by the model's own VAE
+    preview = None
+    while preview is None and time.monotonic() < deadline:
+        preview = server.get("/sdapi/v1/progress").json()["current_image"]
+        time.sleep(0.05)
+    assert preview is not None and Image.open(io.BytesIO(base64.b64decode(preview))).size == (SMALL["width"], SMALL["height"])
+    assert server.get("/sdapi/v1/progress", params={"skip_current_image": "true"}).json()["current_image"] is None
     assert server.get("/healthz", timeout=2).status_code == 200  # still answering mid-generation
     assert server.post("/sdapi/v1/interrupt").json() == {}
     worker.join(timeout=30)
