@@ -176,3 +176,16 @@ def test_agent_probes_and_metrics(stack):
                  "sdlab_agent_retries_total", "sdlab_agent_dlq_moves_total", "sdlab_agent_runtime_busy_fraction"):
         assert name in metrics, name
     assert 'sdlab_agent_tasks_total{status="completed"}' in metrics
+
+
+def test_a_task_asking_for_a_preview_gets_one_from_the_projects_runtime(stack, client):
+    """`preview: true` through the stack: the agent asks the runtime for `current_image` while the task runs, and the
+    runtime (the project's own, SD WebUI API) answers with its live preview, stored beside the outputs."""
+    task = client.submit("rt-a", "three green triangles on a black background", preview=True,
+                         payload={"steps": 30, "width": 256, "height": 256, "seed": 9})
+    note = client.wait([task.id], timeout=180)[task.id]
+    assert note.status.value == "completed", note
+    record = client.status(task.id)
+    assert record["progress"]["preview"] == f"s3://{stack['bucket']}/outputs/{task.id}/preview.png", record["progress"]
+    png = httpx.get(record["preview_url"], timeout=10)
+    assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (256, 256)
