@@ -261,6 +261,13 @@ def _pixel_diff(a: Any, b: Any) -> dict[str, float]:
     return {"mean": round(float(d.mean()), 3), "max": int(d.max())}
 
 
+def with_cache_dir(variants: list[Variant], cache_dir: str | None) -> list[Variant]:
+    """The variants with their compile caches in ``cache_dir`` (every other field kept, ``via`` included)."""
+    if not cache_dir:
+        return variants
+    return [dataclasses.replace(v, opts=v.opts and dataclasses.replace(v.opts, cache_dir=cache_dir)) for v in variants]
+
+
 def bench_model(model: str, variants: list[Variant], *, device: str, size: int, steps: int, repeats: int,
                 ceiling: float, dtype: str = "bf16", profile: bool = True) -> tuple[list[Row], dict[str, Any]]:
     """Measure every variant of one model; the pipeline is built once and optimised step by step.
@@ -379,9 +386,7 @@ def run(*, models_: list[str], device: str, batches: tuple[int, ...], compiled_b
         s, n_steps = size or default_size, steps or default_steps
         variants = default_variants(device, name, batches, compiled_batches, ablation)
         variants += [EXTRA_VARIANTS[e](sizes) for e, sizes in extra]
-        if cache_dir:
-            variants = [Variant(v.label, v.opts and dataclasses.replace(v.opts, cache_dir=cache_dir), v.batches)
-                        for v in variants]
+        variants = with_cache_dir(variants, cache_dir)
         rows, notes = bench_model(name, variants, device=device, size=s, steps=n_steps, repeats=repeats, ceiling=ceiling,
                                   dtype=dtype)
         summary = summarise(name, rows, notes, s, n_steps)

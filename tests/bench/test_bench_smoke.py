@@ -30,3 +30,15 @@ def test_bench_runtime_smoke_prints_both_implementations(tmp_path):
     data = json.loads(out.read_text())
     assert data["env"]["card"] == "cpu" and data["models"]["tiny"]["notes"]["tflop_per_image"] > 0
     assert len(data["models"]["tiny"]["rows"]) == len(rows) == 4
+
+
+def test_a_compile_cache_folder_keeps_each_variant_on_its_own_path():
+    """With --compile-cache-dir the variants are rebuilt; diffusers + torch.compile must still run diffusers' own
+    __call__ (a rebuild that dropped `via` once measured the project's loop under that label)."""
+    from sdlab.bench.runtime import EXTRA_VARIANTS, Variant, with_cache_dir
+
+    plain, compiled = Variant("diffusers", None, (1,)), EXTRA_VARIANTS["dcompiled"]((1, 16))
+    kept = with_cache_dir([plain, compiled], "/cache")
+    assert kept[0] == plain
+    assert (kept[1].label, kept[1].via, kept[1].batches) == ("diffusers-compiled", "diffusers", (1, 16))
+    assert kept[1].opts is not None and kept[1].opts.cache_dir == "/cache" and kept[1].opts.compile == "reduce-overhead"
