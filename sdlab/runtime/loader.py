@@ -147,12 +147,12 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded %s on %s (%s)", model_path.name, device, str(torch_dtype).replace("torch.", ""))
     if optimizations is not None:
-        from sdlab.runtime.optimize import apply, load_compile_cache, shipped_cache_file
+        from sdlab.runtime.optimize import apply, load_cache_file, shipped_cache_file
 
         pipe = apply(pipe, optimizations)
         if optimizations.compiled and model_path.is_dir():
             # a cache shipped next to the model (compiled once for this software and card) before the first trace
-            pipe._sdlab_cache_shipped = load_compile_cache(None, path=shipped_cache_file(model_path))
+            pipe._sdlab_cache_shipped = load_cache_file(shipped_cache_file(model_path))
         pipe._sdlab_model_path = model_path
     return pipe
 

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,13 +195,14 @@ def shipped_cache_file(model_path: str | os.PathLike) -> Path:
     return Path(model_path) / SHIPPED_CACHE_DIR / f"{cache_key()}.bin"
 
 
-def load_compile_cache(cache_dir: str | os.PathLike | None, *, path: str | os.PathLike | None = None) -> bool:
-    """Load the mega-cache written by :func:`save_compile_cache` (or the file ``path``), if there is one.
+def load_compile_cache(cache_dir: str | os.PathLike | None) -> bool:
+    """Load the mega-cache :func:`save_compile_cache` wrote in ``cache_dir``, if there is one. True when loaded."""
+    return bool(cache_dir) and load_cache_file(Path(cache_dir or ".") / MEGA_CACHE_FILE)
 
-    True when loaded."""
-    if not cache_dir and path is None:
-        return False
-    path = Path(path) if path is not None else Path(cache_dir or ".") / MEGA_CACHE_FILE
+
+def load_cache_file(path: str | os.PathLike) -> bool:
+    """Load one mega-cache file (a cache dir's, or one shipped next to a model), if it exists. True when loaded."""
+    path = Path(path)
     loader = getattr(torch.compiler, "load_cache_artifacts", None)
     if loader is None or not path.is_file():
         return False
@@ -239,7 +241,7 @@ def ship_compile_cache(saved: Path | None, model_path: str | os.PathLike) -> Pat
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(saved.read_bytes())
+        shutil.copyfile(saved, tmp)
         tmp.replace(target)
     except OSError as exc:
         logger.warning("cannot write the compile cache next to the model (%s); upload %s to <model>/%s/%s to ship it",

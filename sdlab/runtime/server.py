@@ -220,9 +220,9 @@ class Runtime:
         titles = registry.titles()
         if default_model is None and not titles:
             self.error = f"no models in {registry.models_dir}; build one with sdlab.runtime.model.build_tiny_model"
-        # seconds of this process's start: before the model load, the load, the compile warm-up, ready
+        # where this process's start went, in seconds of its age: main() reached (imports done), serving, the model
+        # load begun, the load, the compile warm-up, ready
         self.startup: dict[str, Any] = {}
-        self.startup_marks: dict[str, Any] = {}  # earlier marks (main() reached after the imports)
         self.options: dict[str, Any] = {
             "sd_model_checkpoint": default_model or (titles[0] if titles else None),
             "samples_format": "png",
@@ -298,9 +298,8 @@ class Runtime:
         # the first response that names the hash computes it if this thread has not finished.
         threading.Thread(target=self._hash_checkpoint, args=(ckpt,), name="checkpoint-hash", daemon=True).start()
         took = time.perf_counter() - started
-        if not self.startup:  # the startup model: where a cold start's seconds go
-            self.startup = {**self.startup_marks, "before_load_s": round(age, 2) if age else None,
-                            "load_s": round(took, 2)}
+        if "load_s" not in self.startup:  # the startup model
+            self.startup |= {"before_load_s": round(age, 2) if age else None, "load_s": round(took, 2)}
         logger.info("model %s ready (%.2f s)", ckpt.title, took)
         return ckpt.title
 
@@ -635,7 +634,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         age = _process_age_seconds()
         if age is not None:
-            rt.startup_marks["server_s"] = round(age, 2)  # the app built and uvicorn serving
+            rt.startup["server_s"] = round(age, 2)  # the app built and uvicorn serving
         threading.Thread(target=rt.load_default, name="sdlab-load", daemon=True).start()
         yield
 
@@ -794,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     if started is not None:
-        app.state.runtime.startup_marks["main_s"] = round(started, 2)
+        app.state.runtime.startup["main_s"] = round(started, 2)
     logger.info("sdlab runtime on http://%s:%d (torch threads %d)", args.host, args.port, torch.get_num_threads())
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return 0

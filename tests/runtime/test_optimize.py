@@ -73,3 +73,21 @@ def test_fast_settings_compile_and_reuse_the_cache(tmp_path):
     optimize.apply(pipe, optimize.Optimizations.fast(cache_dir=str(tmp_path), batch_buckets=(1,)))
     seconds = optimize.warmup(pipe, batch_sizes=[1], width=64, height=64)
     assert seconds > 0 and optimize.save_compile_cache(tmp_path) is not None
+
+
+def test_a_saved_cache_is_shipped_next_to_the_model_once_and_only_where_it_may_be_written(tmp_path, caplog):
+    saved = tmp_path / "cc" / optimize.MEGA_CACHE_FILE
+    saved.parent.mkdir()
+    saved.write_bytes(b"compiled artifacts")
+    model = tmp_path / "models" / "sd15"
+    model.mkdir(parents=True)
+    shipped = optimize.ship_compile_cache(saved, model)
+    assert shipped == optimize.shipped_cache_file(model) == model / "compile-cache" / f"{optimize.cache_key()}.bin"
+    assert shipped.read_bytes() == b"compiled artifacts" and not list(shipped.parent.glob("*.tmp"))
+    assert optimize.ship_compile_cache(saved, model) is None  # already there: kept, not rewritten
+    assert optimize.ship_compile_cache(None, tmp_path / "other") is None  # nothing was saved
+    mounted = tmp_path / "mounted"
+    mounted.write_text("a file where the model folder would be: nothing can be written under it")
+    assert optimize.ship_compile_cache(saved, mounted) is None
+    assert "upload" in caplog.text and optimize.cache_key() in caplog.text
+    assert optimize.load_cache_file(tmp_path / "missing.bin") is False
