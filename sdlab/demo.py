@@ -75,16 +75,15 @@ def run_demo(client: Client, runtimes: Mapping[str, Mapping[str, Any]] | Sequenc
 
 
 def _judge(path: Path, prompt: str) -> tuple[str, bool | None]:
-    """The pixel judge's reading of one image (``sdlab.shapes.judge``) and whether it is what the prompt asked."""
+    """The pixel judge's reading of one image and whether it is what the prompt asked."""
     import numpy as np
     from PIL import Image
 
-    from sdlab.shapes.judge import parse_caption, read_image
+    from sdlab.shapes.judge import judge_prompt
 
     with Image.open(path) as img:
-        reading = read_image(np.asarray(img.convert("RGB")))
-    asked = parse_caption(prompt)
-    return reading.caption(), (reading.matches(asked) if asked else None)
+        reading, matches = judge_prompt(np.asarray(img.convert("RGB")), prompt)
+    return reading.caption(), matches
 
 
 def format_table(rows: list[DemoRow]) -> str:

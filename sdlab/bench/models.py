@@ -146,8 +146,10 @@ def build(name: str, *, device: str, dtype: torch.dtype = torch.float16, seed: i
 
 def save(name: str, out_dir: Path, *, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float16) -> Path:
     """Write a random-weight model of :func:`build` as a diffusers folder (safetensors, tokenizers included)."""
-    pipe = build(name, device=device, dtype=dtype, seed=seed).to("cpu")
-    out_dir = Path(out_dir)
+    return _write(build(name, device=device, dtype=dtype, seed=seed).to("cpu"), Path(out_dir))
+
+
+def _write(pipe: Any, out_dir: Path) -> Path:
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
     write_tokenizer(out_dir / "tokenizer")
     if getattr(pipe, "text_encoder_2", None) is not None:
@@ -160,12 +162,12 @@ def save_sd15(out_dir: Path, *, seed: int = 0, single_file: bool = False, device
 
     With ``single_file`` also write ``<out_dir>.safetensors`` in the original LDM layout (A1111's format).
     """
-    out_dir = save("sd15", out_dir, seed=seed, device=device)
+    pipe = build("sd15", device=device, dtype=torch.float16, seed=seed).to("cpu")
+    out_dir = _write(pipe, Path(out_dir))
     if single_file:
         from safetensors.torch import save_file
 
         from sdlab.runtime.model import to_ldm_state_dict
 
-        pipe = build("sd15", device=device, dtype=torch.float16, seed=seed).to("cpu")
         save_file(to_ldm_state_dict(pipe), str(out_dir.with_suffix(".safetensors")), metadata={"format": "pt"})
     return out_dir

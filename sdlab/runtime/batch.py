@@ -98,7 +98,7 @@ def _pad(t: Any, pad: int) -> Any:
     return torch.cat([t, t[-1:].expand(pad, *t.shape[1:])])
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
+def to_uint8(images: torch.Tensor) -> np.ndarray:
     """NHWC uint8, computed exactly as diffusers' ``postprocess(output_type="pil")`` does, but on the device."""
     images = (images * 0.5 + 0.5).clamp(0, 1)
     images = (images.float() * 255).round().to(torch.uint8)
@@ -249,7 +249,7 @@ def generate_batch(
     decoded = [vae.decode(latents[j : j + chunk].clone(), return_dict=False)[0] for j in range(0, n, chunk)]
     if upcast:
         vae.to(dtype=torch.float16)
-    arrays = _to_uint8(torch.cat(decoded))
+    arrays = to_uint8(torch.cat(decoded))
     images: list[Any] = list(arrays)
     if output == "pil":
         from PIL import Image

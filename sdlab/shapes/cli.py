@@ -39,7 +39,7 @@ def _model_dir(arg: str | None) -> Path:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from sdlab.shapes.evaluate import contact_sheet, evaluate
+    from sdlab.shapes.evaluate import evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -49,7 +49,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"model {model}: {args.n} held-out captions, {args.size}x{args.size}, {args.steps} steps, cfg {args.guidance}")
     print(ev.report())
     if args.sheet:
-        contact_sheet(ev).save(args.sheet)
+        ev.sheet().save(args.sheet)
         print(f"first images: {args.sheet}")
     return 0 if ev.passed() else 1
 
@@ -60,7 +60,7 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
 
     from sdlab.runtime.loader import load_pipeline
     from sdlab.shapes import example_prompts
-    from sdlab.shapes.judge import parse_caption, read_image
+    from sdlab.shapes.judge import judge_prompt
     from sdlab.workshop.gallery import contact_sheet
 
     if args.threads:
@@ -69,14 +69,12 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
     pipe = load_pipeline(_model_dir(args.model), device=args.device)
     out = pipe(prompt=prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.size,
                height=args.size, generator=[torch.Generator("cpu").manual_seed(args.seed + i) for i in range(len(prompts))])
-    titles, agree = [], 0
+    agree = 0
     for prompt, image in zip(prompts, out.images, strict=True):
-        reading, asked = read_image(np.asarray(image)), parse_caption(prompt)
-        ok = asked is not None and reading.matches(asked)
-        agree += ok
-        titles.append(prompt)
-        print(f"{'yes' if ok else 'no ':<4} {prompt}  →  judge reads: {reading.caption()}")
-    contact_sheet(out.images, titles, tile_px=args.tile, columns=args.columns).save(args.out)
+        reading, matches = judge_prompt(np.asarray(image), prompt)
+        agree += bool(matches)
+        print(f"{'yes' if matches else 'no ':<4} {prompt}  →  judge reads: {reading.caption()}")
+    contact_sheet(out.images, prompts, tile_px=args.tile, columns=args.columns).save(args.out)
     print(f"{agree} of {len(prompts)} pictures show what their prompt asked; sheet: {args.out}")
     return 0
 

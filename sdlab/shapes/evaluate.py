@@ -28,6 +28,13 @@ class Evaluation:
     readings: list[Reading]
     images: list[Any]  # PIL images
 
+    def sheet(self, limit: int = 32, columns: int = 8):
+        """The first `limit` images in a grid (PIL), each titled with what it was asked for, for a look by eye."""
+        from sdlab.workshop.gallery import contact_sheet
+
+        titles = [f"{s.count} {s.colour} {s.shape} / {s.background}" for s in self.scenes[:limit]]
+        return contact_sheet(self.images[:limit], titles, tile_px=160, columns=columns)
+
     def report(self) -> str:
         lines = []
         for name, value in self.scores.as_dict().items():
@@ -71,25 +78,13 @@ def round_trip_scores(vae: Any, *, n: int = 200, size: int = 128, seed: int = 0,
     The ceiling of what the diffusion model can draw through this autoencoder: a shape the round trip blurs into
     the wrong colour or kind cannot come out right from any latent the UNet makes.
     """
+    from sdlab.runtime.batch import to_uint8
     from sdlab.shapes.scenes import render
 
     scenes = held_out_scenes(n, seed)
     x = render(scenes, size, device=device) * 2 - 1
     dtype = next(vae.parameters()).dtype
     out = [vae.decode(vae.encode(chunk.to(dtype)).latent_dist.mode()).sample.float() for chunk in x.split(50)]
-    images = ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = to_uint8(torch.cat(out))
     scores = score(scenes, [read_image(img) for img in images]).as_dict()
     return {k: round(float(v), 4) for k, v in scores.items()}
-
-
-def contact_sheet(evaluation: Evaluation, columns: int = 8, limit: int = 32):
-    """The first `limit` images in a grid (PIL), for a look by eye."""
-    from PIL import Image
-
-    imgs = evaluation.images[:limit]
-    w, h = imgs[0].size
-    rows = (len(imgs) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * w, rows * h), "white")
-    for i, img in enumerate(imgs):
-        sheet.paste(img, ((i % columns) * w, (i // columns) * h))
-    return sheet

@@ -130,6 +130,13 @@ def parse_caption(text: str) -> dict[str, object] | None:
     return {"count": numbers[words[0]], "colour": colour, "shape": shape, "background": words[-2]}
 
 
+def judge_prompt(image: np.ndarray, prompt: str) -> tuple[Reading, bool | None]:
+    """What the judge reads in ``image`` and whether it is what ``prompt`` asked (None: a prompt outside the model's
+    language, which nothing can agree with)."""
+    reading, asked = read_image(image), parse_caption(prompt)
+    return reading, (reading.matches(asked) if asked is not None else None)
+
+
 @dataclass
 class Scores:
     """Fractions of images judged right, by criterion."""

@@ -58,14 +58,13 @@ def judged(images: Sequence[Image.Image], prompt: str) -> Any:
     import numpy as np
     import pandas as pd
 
-    from sdlab.shapes.judge import parse_caption, read_image
+    from sdlab.shapes.judge import judge_prompt
 
-    asked = parse_caption(prompt)
     rows = []
     for i, image in enumerate(images):
-        reading = read_image(np.asarray(image.convert("RGB")))
-        rows.append({"image": i, "asked": prompt if asked else "(outside the model's language)",
-                     "judge reads": reading.caption(), "match": asked is not None and reading.matches(asked)})
+        reading, matches = judge_prompt(np.asarray(image.convert("RGB")), prompt)
+        rows.append({"image": i, "asked": prompt if matches is not None else "(outside the model's language)",
+                     "judge reads": reading.caption(), "match": bool(matches)})
     return pd.DataFrame(rows).set_index("image")
 
 
