@@ -30,7 +30,6 @@ class LivePreview:
         self._lock = threading.Lock()
         self._watched_until = 0.0
         self.image: str | None = None  # base64 PNG, as SD WebUI's `current_image`
-        self.step = 0
 
     def watch(self) -> str | None:
         """A client wants previews: keep making them for a while; returns the latest one."""
@@ -40,7 +39,7 @@ class LivePreview:
 
     def reset(self) -> None:
         with self._lock:
-            self.image, self.step = None, 0
+            self.image = None
 
     def maybe_update(self, pipe: Any, step: int, latents: torch.Tensor) -> None:
         """Called after each step with the batch's latents; decodes the first image now and then, while watched."""
@@ -48,7 +47,7 @@ class LivePreview:
             return
         image = decode(pipe, latents[:1])
         with self._lock:
-            self.image, self.step = image, step
+            self.image = image
 
 
 @torch.inference_mode()
