@@ -105,6 +105,25 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def decode_latents(pipe: Any, latents: torch.Tensor, chunk: int | None = None, eager: bool = False) -> torch.Tensor:
+    """The VAE's pixels (-1..1, NCHW) for ``latents``, ``chunk`` images at a time. An fp16 SDXL VAE overflows, so it
+    decodes in fp32, as StableDiffusionXLPipeline does. ``eager`` calls the class's method, never a compiled decoder
+    (which would compile a new shape)."""
+    vae = pipe.vae
+    upcast = (vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+              and getattr(pipe, "text_encoder_2", None) is not None)
+    if upcast:
+        vae.to(dtype=torch.float32)
+    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    decode = functools.partial(type(vae).decode, vae) if eager else vae.decode
+    step = chunk or len(z)
+    try:
+        return torch.cat([decode(z[j : j + step].clone(), return_dict=False)[0] for j in range(0, len(z), step)])
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+
+
 def _under_attention_choice(fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn(pipe, ...)`` under the pipeline's attention-backend choice
     (:func:`sdlab.runtime.optimize.attention_context`), so graphs compiled during a call and every later call use
@@ -238,18 +257,7 @@ def generate_batch(
             on_latents(i + 1, latents)
 
     # 6. decode (in chunks of opts.vae_batch images) and convert to 8-bit on the device
-    latents = latents[:n]
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and pooled is not None
-    if upcast:  # what StableDiffusionXLPipeline does for an fp16 SDXL VAE (it overflows in fp16)
-        vae.to(dtype=torch.float32)
-        latents = latents.to(torch.float32)
-    latents = latents / vae.config.scaling_factor
-    chunk = opts.vae_batch or n
-    decoded = [vae.decode(latents[j : j + chunk].clone(), return_dict=False)[0] for j in range(0, n, chunk)]
-    if upcast:
-        vae.to(dtype=torch.float16)
-    arrays = to_uint8(torch.cat(decoded))
+    arrays = to_uint8(decode_latents(pipe, latents[:n], chunk=opts.vae_batch or n))
     images: list[Any] = list(arrays)
     if output == "pil":
         from PIL import Image

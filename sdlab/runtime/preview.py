@@ -55,12 +55,9 @@ def decode(pipe: Any, latents: torch.Tensor) -> str:
     """One image's latents as a base64 PNG (longer edge SIDE), through the eager VAE decoder."""
     from PIL import Image
 
-    from sdlab.runtime.batch import to_uint8
+    from sdlab.runtime.batch import decode_latents, to_uint8
 
-    vae = pipe.vae
-    z = latents.to(vae.dtype) / vae.config.scaling_factor
-    pixels = type(vae).decode(vae, z, return_dict=False)[0]  # the class's method: never the compiled one
-    image = Image.fromarray(to_uint8(pixels[:1])[0])
+    image = Image.fromarray(to_uint8(decode_latents(pipe, latents[:1], eager=True))[0])
     image.thumbnail((SIDE, SIDE))
     buf = io.BytesIO()
     image.save(buf, format="PNG")

@@ -126,8 +126,8 @@ class JobState:
         self.begin("", 0)
 
     def begin(self, job: str, job_count: int) -> None:
+        self.sampling_step, self.sampling_steps = 0, 0  # before job_count: no reader sees a new job with old steps
         self.job, self.job_count, self.job_no = job, job_count, 0
-        self.sampling_step, self.sampling_steps = 0, 0
         self.interrupted = self.skipped = False
         self.preview.reset()
         self.time_start = time.time()

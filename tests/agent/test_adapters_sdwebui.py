@@ -115,7 +115,12 @@ def test_adapters_sdwebui_interrupt_from_another_thread(runtime_url):
     thread = threading.Thread(target=lambda: box.update(r=adapter.run(slow)))
     started = time.monotonic()
     thread.start()
-    while httpx.get(f"{runtime_url}/sdapi/v1/progress").json()["state"]["sampling_step"] < 1:
+    # wait for this job's first step: sampling_step alone may still hold the previous job's last step
+    while True:
+        state = httpx.get(f"{runtime_url}/sdapi/v1/progress").json()["state"]
+        if state["job_count"] and state["sampling_step"] >= 1:
+            break
+        assert time.monotonic() - started < 30, "the slow job never started"
         time.sleep(0.05)
     adapter.interrupt()
     thread.join(60)

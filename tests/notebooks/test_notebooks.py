@@ -34,6 +34,8 @@ SMALL = {
     "13_deploy_to_aws": {"with_cluster": False},  # the cluster files are tested in tests/deploy
 }
 DURATIONS: dict[str, float] = {}
+# under pytest-xdist the whole course runs on one worker, in order, on its one stack
+pytestmark = pytest.mark.xdist_group("course")
 
 
 def _cells(path: Path) -> list[dict]:

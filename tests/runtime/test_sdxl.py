@@ -104,3 +104,25 @@ def test_sdxl_through_the_comfyui_api(xl_server):
     ref = entry["outputs"]["9"]["images"][0]
     view = xl_server.get("/view", params=ref)
     assert view.status_code == 200 and Image.open(io.BytesIO(view.content)).size == (64, 64)
+
+
+def test_fp16_sdxl_decodes_in_fp32_for_images_and_previews(tmp_path):
+    """An fp16 SDXL VAE overflows (its activations pass 65,504): the batch and the live preview both decode in fp32."""
+    import numpy as np
+
+    from sdlab.bench.models import save
+    from sdlab.runtime import preview
+    from sdlab.runtime.batch import decode_latents, to_uint8
+    from sdlab.runtime.loader import load_pipeline
+
+    pipe = load_pipeline(save("tiny-xl", tmp_path / "xl", dtype=torch.float32), device="cpu", dtype="fp16")
+    with torch.no_grad():
+        pipe.vae.decoder.conv_in.weight.mul_(1e4)  # activations far past fp16's range; GroupNorm brings them back
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    with torch.no_grad():
+        naive = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    assert not torch.isfinite(naive).all(), "the toy VAE must overflow in fp16 for this test to mean anything"
+    pixels = decode_latents(pipe, latents)
+    assert torch.isfinite(pixels).all() and pipe.vae.dtype == torch.float16
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(preview.decode(pipe, latents)))))
+    assert shown.shape[:2] == (64, 64) and (shown == to_uint8(pixels)[0]).all()
