@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 # fast and offline. Elsewhere this step is skipped and pyproject's range picks the build (CUDA where present).
 TORCH_LOCAL ?= 2.13.0
 PYTEST_ARGS ?=
-# two pytest workers (pytest-xdist): many tests wait on queues and timeouts, so two share the cores well; the
-# notebook course stays on one worker, in order (its xdist_group). PYTEST_WORKERS=0 runs everything in one process.
+# two pytest workers (pytest-xdist): many tests wait on queues and timeouts, so two share the cores well. Each test
+# file runs whole on one worker (--dist loadfile), so the notebook course runs in order on its one stack.
+# PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: env demo test test-fast lint up down clean lab notebooks-clean
@@ -32,7 +33,7 @@ demo: env
 test: env
 	$(VENV)/bin/ruff check sdlab agent tests
 	$(VENV)/bin/mypy > .mypy.log 2>&1 & mypy=$$!; \
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	wait $$mypy; mrc=$$?; cat .mypy.log; \
 	[ $$rc -eq 0 ] && [ $$mrc -eq 0 ]
 
