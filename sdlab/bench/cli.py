@@ -57,9 +57,15 @@ def _cmd_attention(args: argparse.Namespace) -> int:
 def _cmd_coldstart(args: argparse.Namespace) -> int:
     from sdlab.bench import serving
 
-    result = serving.cold_start(Path(args.models_dir), args.model, extra=args.runtime_args or [], timeout=args.timeout)
-    print(json.dumps(result))
-    return 0 if result.get("ready_s") is not None else 1
+    rows = serving.cold_starts(Path(args.models_dir), args.model, compiled=args.compiled, batch=args.batch,
+                               eager_starts=args.eager_starts, extra=args.runtime_args or [], timeout=args.timeout,
+                               steps=args.steps, size=args.size)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print(serving.starts_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0 if all(row.get("ready_s") is not None for row in rows) else 1
 
 
 def _cmd_http(args: argparse.Namespace) -> int:
@@ -124,6 +130,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--models-dir", required=True)
     c.add_argument("--model", required=True)
     c.add_argument("--timeout", type=float, default=600.0)
+    c.add_argument("--compiled", action="store_true",
+                   help="also a compiled start from cold (it ships its cache next to the model) and a new pod on that cache")
+    c.add_argument("--batch", type=int, default=16, help="the compiled starts' batch (max batch and only bucket)")
+    c.add_argument("--eager-starts", type=int, default=1, help="eager starts one after the other")
+    c.add_argument("--steps", type=int, default=25, help="steps of the first and second image")
+    c.add_argument("--size", type=int, default=None, help="side of those images (default: the runtime's, 512)")
+    c.add_argument("--json", default=None, help="write every start here")
     c.add_argument("runtime_args", nargs=argparse.REMAINDER, help="-- then extra runtime flags, e.g. -- --opt fast")
     c.set_defaults(fn=_cmd_coldstart)
 

@@ -34,13 +34,9 @@ case "${1:-}" in
   starts)
     M=/tmp/sdlab-models; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
-    B=${2:-16}
-    for i in 1 2; do python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 | tee -a "$OUT/starts.json"; done
-    # compiled: a cold compile writes the cache next to the model; a new pod (empty local cache) then loads only that
-    for c in /tmp/cc-first /tmp/cc-newpod; do
-      python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 -- --opt fast --max-batch $B \
-        --batch-buckets $B --compile-cache-dir $c | tee -a "$OUT/starts.json"
-    done
+    # eager twice, a compiled start from cold (it ships its cache next to the model), then a new pod on that cache only
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 --eager-starts 2 --compiled --batch ${2:-16} \
+      --json "$OUT/starts.json" 2>&1 | tee "$OUT/starts.log"
     ls -la $M/sd15/compile-cache
     ;;
   study)
@@ -66,8 +62,7 @@ case "${1:-}" in
     M=/tmp/sdlab-models; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
     du -sh $M/sd15
-    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 | tee "$OUT/coldstart-eager.json"
-    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 | tee -a "$OUT/coldstart-eager.json"
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts 2 | tee "$OUT/coldstart-eager.json"
     python3 -m sdlab.runtime --models-dir $M --model sd15 --port 7861 --opt fast --max-batch 8 --batch-buckets 1,8 \
       --compile-cache-dir $CACHE --max-batch-wait-ms 30 > "$OUT/serve.log" 2>&1 &
     PID=$!

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from sdlab.bench.runtime import PROMPTS, _percentile
+from sdlab.runtime.optimize import SHIPPED_CACHE_DIR
 
 
 def _free_port() -> int:
@@ -74,6 +75,52 @@ def cold_start(models_dir: Path, model: str, *, extra: list[str], timeout: float
     if result["ready_s"] is None:
         result["log_tail"] = text[-2000:]
     return result
+
+
+def cold_starts(models_dir: Path, model: str, *, compiled: bool = False, batch: int = 16, eager_starts: int = 1,
+                extra: list[str] | None = None, timeout: float = 600.0, steps: int = 25,
+                size: int | None = None) -> list[dict[str, Any]]:
+    """The starts a pod can have, each a fresh ``python -m sdlab.runtime``: eager (``eager_starts`` times: the first
+    on a fresh machine also reads the packages from disk); with ``compiled``, a cold compile
+    (an empty local cache, nothing next to the model; it ships its cache next to the model) and then a new pod
+    (an empty local cache again, only the cache shipped next to the model). A cache already shipped before the
+    first compiled start makes that start a new pod's too, and it is labelled so."""
+    extra = [a for a in (extra or []) if a != "--"]
+    first = " ".join(extra) if extra else "eager"  # runtime flags given after -- name the start
+    rows = []
+    for i in range(eager_starts):
+        label = first if i == 0 else f"{first}, again ({i + 1})"
+        rows.append({"start": label, **cold_start(models_dir, model, extra=extra, timeout=timeout, steps=steps, size=size)})
+    if compiled:
+        flags = ["--opt", "fast", "--max-batch", str(batch), "--batch-buckets", str(batch)]
+        shipped_dir = Path(models_dir) / model / SHIPPED_CACHE_DIR
+        labels = ["compiled, new pod (shipped cache only)"]
+        if not any(shipped_dir.glob("*.bin")):
+            labels.insert(0, "compiled, cold (no cache anywhere)")
+        for label in labels:
+            local = tempfile.mkdtemp(prefix="sdlab-compile-cache-")  # a new pod's empty local cache
+            rows.append({"start": label, **cold_start(models_dir, model, timeout=timeout, steps=steps, size=size,
+                                                      extra=[*extra, *flags, "--compile-cache-dir", local])})
+    return rows
+
+
+START_COLUMNS = (("ready", "ready_s"), ("before load", "before_load_s"), ("load", "load_s"), ("warm-up", "warmup_s"),
+                 ("first image", "first_image_s"), ("second image", "second_image_s"))
+
+
+def starts_table(rows: list[dict[str, Any]]) -> str:
+    """The starts as the Markdown table docs/benchmarks.md shows (seconds; — where a start has no such phase)."""
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        value = row.get(key)
+        if value is None:
+            value = (row.get("startup") or {}).get(key)
+        return "—" if value is None else f"{value:.2f} s"
+
+    lines = ["| start | " + " | ".join(name for name, _ in START_COLUMNS) + " |",
+             "|---" * (len(START_COLUMNS) + 1) + "|"]
+    lines += ["| " + " | ".join([row["start"], *(cell(row, key) for _, key in START_COLUMNS)]) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def http_burst(url: str, *, tasks: int, per_request: int, concurrency: int, steps: int, size: int) -> dict[str, Any]:

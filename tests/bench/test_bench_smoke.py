@@ -42,3 +42,26 @@ def test_a_compile_cache_folder_keeps_each_variant_on_its_own_path():
     assert kept[0] == plain
     assert (kept[1].label, kept[1].via, kept[1].batches) == ("diffusers-compiled", "diffusers", (1, 16))
     assert kept[1].opts is not None and kept[1].opts.cache_dir == "/cache" and kept[1].opts.compile == "reduce-overhead"
+
+
+def test_bench_coldstart_times_each_phase_of_a_fresh_runtime(tmp_path):
+    """`sdlab bench coldstart` starts the runtime as a pod would and splits the start with the runtime's own marks."""
+    import torch
+
+    from sdlab.bench.models import save
+
+    save("tiny", tmp_path / "models" / "tiny-a", dtype=torch.float32)
+    out = tmp_path / "starts.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sdlab", "bench", "coldstart", "--models-dir", str(tmp_path / "models"), "--model",
+           "tiny-a", "--steps", "2", "--size", "64", "--timeout", "120", "--json", str(out), "--", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())
+    assert row["start"] == "--threads 1" and row["status"] == 200 and row["first_image_s"] > 0
+    marks = row["startup"]
+    assert 0 < marks["main_s"] <= marks["server_s"] <= marks["before_load_s"] <= marks["ready_s"] and marks["load_s"] > 0
+    assert "warmup_s" not in marks  # nothing compiled
+    table = proc.stdout.splitlines()[-3:]
+    assert table[0].startswith("| start | ready | before load | load | warm-up |")
+    assert table[2].startswith("| --threads 1 | ") and "| — |" in table[2]
