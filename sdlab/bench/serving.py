@@ -104,7 +104,8 @@ def cold_starts(models_dir: Path, model: str, *, compiled: bool = False, batch: 
     return rows
 
 
-START_COLUMNS = (("ready", "ready_s"), ("before load", "before_load_s"), ("load", "load_s"), ("warm-up", "warmup_s"),
+START_COLUMNS = (("ready", "ready_s"), ("before load", "before_load_s"), ("of which imports", "imports_s"),
+                 ("of which CUDA init", "cuda_init_s"), ("load", "load_s"), ("warm-up", "warmup_s"),
                  ("first image", "first_image_s"), ("second image", "second_image_s"))
 
 

@@ -160,6 +160,14 @@ def load_pipeline(
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
+def import_pipelines() -> None:
+    """Import the pipeline classes (diffusers resolves them lazily, pulling in transformers) ahead of a load."""
+    import diffusers
+
+    for name in SUPPORTED_PIPELINES:
+        getattr(diffusers, name)
+
+
 def pipeline_class(model_path: Path) -> Any:
     """The diffusers pipeline class of a model: SD 1.x/2.x or SDXL.
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sdlab.errors import ModelError, ValidationError
 from sdlab.runtime import comfy_api, extras, native_api, optimize, samplers
 from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch
-from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, with_scheduler
+from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, import_pipelines, with_scheduler
 from sdlab.runtime.preview import LivePreview
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class Runtime:
         if default_model is None and not titles:
             self.error = f"no models in {registry.models_dir}; build one with sdlab.runtime.model.build_tiny_model"
         # where this process's start went, in seconds of its age: main() reached (imports done), serving, the model
-        # load begun, the load, the compile warm-up, ready
+        # load begun, then ready; and in seconds each: the pipeline imports, the CUDA context, the load, the warm-up
         self.startup: dict[str, Any] = {}
         self.options: dict[str, Any] = {
             "sd_model_checkpoint": default_model or (titles[0] if titles else None),
@@ -238,6 +238,7 @@ class Runtime:
             logger.error("%s", self.error)
             return
         try:
+            self._before_load()
             title = self.set_model(self.options["sd_model_checkpoint"])
             self.queue.call(lambda: self.warmup(title)).result()
         except Exception as exc:  # health must say why, whatever failed (load, compile)
@@ -249,6 +250,17 @@ class Runtime:
         self.startup["ready_s"] = round(age, 2) if age else None
         since = f", {age:.1f} s after process start" if age else ""
         logger.info("ready: %s loaded%s", self.options["sd_model_checkpoint"], since)
+
+    def _before_load(self) -> None:
+        """What every first load pays before its weights, timed on its own: the pipeline imports (diffusers,
+        transformers) and, on a GPU, the CUDA context."""
+        started = time.perf_counter()
+        import_pipelines()
+        self.startup["imports_s"] = round(time.perf_counter() - started, 2)
+        if self.registry.device.startswith("cuda"):
+            started = time.perf_counter()
+            torch.empty(1, device=self.registry.device)
+            self.startup["cuda_init_s"] = round(time.perf_counter() - started, 2)
 
     def warmup(self, title: str) -> None:
         """Compile ``title`` for its native size at every batch bucket up to the max batch (no-op uncompiled)."""

@@ -61,7 +61,7 @@ def test_bench_coldstart_times_each_phase_of_a_fresh_runtime(tmp_path):
     assert row["start"] == "--threads 1" and row["status"] == 200 and row["first_image_s"] > 0
     marks = row["startup"]
     assert 0 < marks["main_s"] <= marks["server_s"] <= marks["before_load_s"] <= marks["ready_s"] and marks["load_s"] > 0
-    assert "warmup_s" not in marks  # nothing compiled
+    assert marks["imports_s"] > 0 and "cuda_init_s" not in marks and "warmup_s" not in marks  # CPU, nothing compiled
     table = proc.stdout.splitlines()[-3:]
-    assert table[0].startswith("| start | ready | before load | load | warm-up |")
+    assert table[0].startswith("| start | ready | before load | of which imports | of which CUDA init | load | warm-up |")
     assert table[2].startswith("| --threads 1 | ") and "| — |" in table[2]
