@@ -7,6 +7,9 @@ from prometheus_client import Counter, Gauge, Histogram, Summary
 TASKS = Counter("sdlab_agent_tasks_total", "Tasks ended by this agent, by terminal status", ["status"])
 RETRIES = Counter("sdlab_agent_retries_total", "Messages released for another try after a retryable failure")
 DLQ_MOVES = Counter("sdlab_agent_dlq_moves_total", "Messages moved to the dead-letter queue")
+ENDED_REDELIVERIES = Counter("sdlab_agent_ended_task_messages_total",
+                             "Messages of tasks that had already ended (a redelivery or a copy), not run again; "
+                             "renotified: the task's missing notification was sent", ["outcome"])
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 QUEUE_WAIT_SECONDS = Histogram("sdlab_agent_queue_wait_seconds", "Submit to start of run", buckets=_BUCKETS)
 RUN_SECONDS = Histogram("sdlab_agent_run_seconds", "Runtime call duration per task", buckets=_BUCKETS)

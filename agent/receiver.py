@@ -179,8 +179,10 @@ class Receiver:
                 self.inflight.remove(job)
                 return
             self.effects.renotify(job.task, record)
+            metrics.ENDED_REDELIVERIES.labels("renotified").inc()
             log.warning("task had ended without its notification; sent it now", extra=job.log_extra)
         else:
+            metrics.ENDED_REDELIVERIES.labels("dropped").inc()
             log.info("task already ended; dropping the redelivered message", extra=job.log_extra)
         self._drop(job)
 

@@ -125,6 +125,17 @@ class FaultStack:
         payload = {"steps": 4, "width": 64, "height": 64, "seed": 1, **fields.pop("payload", {})}
         return self.client.submit(runtime, prompt, payload=payload, **fields).id
 
+    @staticmethod
+    def metric(agent: tuple[Proc, subprocess.Popen[bytes]], name: str, **labels: str) -> float:
+        """A sample of the agent's Prometheus metrics (0 when it has none yet)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(httpx.get(f"{agent[0].url}/metrics", timeout=5).text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
     def record(self, task_id: str) -> dict[str, Any]:
         return self.client.status(task_id)
 

@@ -20,16 +20,17 @@ def _statuses(fs, task_id):
 def test_delivery_same_message_after_completion_is_not_run_again(faultstack):
     fs = faultstack
     fs.start_runtime("rt-a")
-    fs.start_agent("rt-a")
+    agent = fs.start_agent("rt-a")
     body = fs.task_message("rt-a", "dup-sequential", "dup-sequential")
     fs.publish("rt-a", body)
     record = fs.wait_status("dup-sequential", {"completed", "failed"}, timeout=20)
     assert record["status"] == "completed" and record["attempts"] == 1, record
     fs.wait_for(lambda: fs.queue_depth("rt-a") == 0, 10, "first copy deleted")
 
-    fs.publish("rt-a", body)  # SNS → SQS delivery is done when publish returns
-    assert fs.queue_depth("rt-a") == 1
-    fs.wait_for(lambda: fs.queue_depth("rt-a") == 0, 10, "second copy consumed")
+    fs.publish("rt-a", body)
+    dropped = "sdlab_agent_ended_task_messages_total"
+    fs.wait_for(lambda: fs.metric(agent, dropped, outcome="dropped") == 1, 10, "the second copy received and dropped")
+    assert fs.queue_depth("rt-a") == 0 and fs.metric(agent, dropped, outcome="renotified") == 0
     assert fs.runtime_calls("rt-a")["dup-sequential"] == 1  # not run again
     assert fs.record("dup-sequential")["finished_at"] == record["finished_at"]
     assert _statuses(fs, "dup-sequential") == ["completed"]
@@ -94,9 +95,10 @@ def test_delivery_notification_lost_after_status_write_is_sent_on_redelivery(fau
     fs.signal(broken, signal.SIGKILL)  # it would only fail to publish again
     assert _statuses(fs, task) == []  # the notification was lost
 
-    fs.start_agent("rt-a")  # the message comes back after its visibility timeout (4 s)
+    agent = fs.start_agent("rt-a")  # the message comes back after its visibility timeout (4 s)
     fs.wait_for(lambda: _statuses(fs, task), 20, "the notification sent on redelivery")
     fs.wait_for(lambda: fs.queue_depth("rt-a") == 0, 10, "the message deleted")
+    assert fs.metric(agent, "sdlab_agent_ended_task_messages_total", outcome="renotified") == 1
     assert _statuses(fs, task) == ["completed"]
     assert fs.notes[-1].images == record["images"]
     assert fs.runtime_calls("rt-a")["lost-notification"] == 1  # not run again
