@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^(tiny)\s+(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
 
@@ -44,6 +46,7 @@ def test_a_compile_cache_folder_keeps_each_variant_on_its_own_path():
     assert kept[1].opts is not None and kept[1].opts.cache_dir == "/cache" and kept[1].opts.compile == "reduce-overhead"
 
 
+@pytest.mark.integration
 def test_bench_coldstart_times_each_phase_of_a_fresh_runtime(tmp_path):
     """`sdlab bench coldstart` starts the runtime as a pod would and splits the start with the runtime's own marks."""
     import torch
@@ -65,3 +68,26 @@ def test_bench_coldstart_times_each_phase_of_a_fresh_runtime(tmp_path):
     table = proc.stdout.splitlines()[-3:]
     assert table[0].startswith("| start | ready | before load | of which imports | of which CUDA init | load | warm-up |")
     assert table[2].startswith("| --threads 1 | ") and "| — |" in table[2]
+
+
+@pytest.mark.integration
+def test_bench_e2e_runs_a_backlog_through_the_whole_stack(tmp_path):
+    """`sdlab bench e2e` as the GPU machine runs it (a config with batch settings), at toy size on CPU."""
+    config = tmp_path / "e2e.yaml"
+    config.write_text(
+        "version: 1\nstack: {name: benchsmoke}\nruntimes:\n"
+        "  - name: sd\n    type: diffusers\n    model: {name: shapes, source: bundled}\n"
+        "    batch: {max_batch: 2, max_wait_ms: 30, buckets: [2]}\n"
+    )
+    out = tmp_path / "e2e.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sdlab", "bench", "e2e", "--config", str(config), "--tasks", "4", "--steps", "2",
+           "--size", "64", "--reference", "10", "--home", str(tmp_path / "home"), "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["runtime"], result["tasks"], result["completed"], result["images"]) == ("sd", 4, 4, 4)
+    assert result["max_batch"] == 2 and 1 <= result["batches"] <= 4  # the config's batch reached the runtime
+    assert 0 < result["runtime_busy_fraction"] <= 1 and result["end_to_end_img_per_s"] > 0
+    assert result["fraction_of_in_process"] == round(result["end_to_end_img_per_s"] / 10, 4)
+    assert result["queue_wait_s"]["p50"] <= result["queue_wait_s"]["p95"] and result["run_s"]["max"] > 0
