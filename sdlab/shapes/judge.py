@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from sdlab.shapes.scenes import COLOURS, COUNT_WORDS, PALETTE, SHAPES, Scene
+from sdlab.shapes.scenes import COLOURS, PALETTE, SHAPES, Scene, describe
 
 FOREGROUND_DISTANCE = 60.0
 MIN_AREA_FRACTION = 0.0025
@@ -67,11 +67,9 @@ class Reading:
 
     def caption(self) -> str:
         """The reading in the captions' words, e.g. "two blue squares on a yellow background"."""
-        if not self.count or self.kind is None:
+        if not self.count or self.kind is None or self.colour is None:
             return f"no shape on a {self.background} background"
-        count = COUNT_WORDS.get(self.count, str(self.count))
-        plural = "s" if self.count > 1 else ""
-        return f"{count} {self.colour} {self.kind}{plural} on a {self.background} background".replace("a orange", "an orange")
+        return describe(self.count, self.colour, self.kind, self.background)
 
     def matches(self, asked: dict[str, object]) -> bool:
         """True when colour, kind, count and background all agree with :func:`parse_caption`'s result."""

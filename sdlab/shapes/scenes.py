@@ -89,17 +89,22 @@ class Scene:
 
     def caption(self, *, size_word: bool = True, background_word: bool = True, position_word: bool = True) -> str:
         """Plain English, e.g. "two small red circles on a blue background"."""
-        n = self.count
-        words = [COUNT_WORDS[n]]
-        if size_word:
-            words.append(self.size)
-        words.append(self.colour)
-        words.append(self.shape + ("s" if n > 1 else ""))
-        if position_word and self.position:
-            words.append(self.position)
-        if background_word:
-            words.append(f"on a {self.background} background")
-        return " ".join(words).replace("a orange", "an orange")
+        return describe(self.count, self.colour, self.shape, self.background if background_word else None,
+                        size=self.size if size_word else None, position=self.position if position_word else None)
+
+
+def describe(count: int, colour: str, shape: str, background: str | None, *, size: str | None = None,
+             position: str | None = None) -> str:
+    """The captions' words for a scene, or for what the judge read in a picture (a count past three as digits)."""
+    words = [COUNT_WORDS.get(count, str(count))]
+    if size:
+        words.append(size)
+    words += [colour, shape + ("s" if count > 1 else "")]
+    if position:
+        words.append(position)
+    if background:
+        words.append(f"on a {background} background")
+    return " ".join(words).replace("a orange", "an orange")
 
 
 @functools.cache
