@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sdlab.errors import ValidationError
-from sdlab.runtime.optimize import attention_context, settings_of
+from sdlab.runtime.optimize import attention_context, settings_of, unet_for
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -231,7 +231,9 @@ def generate_batch(
         added = {"text_embeds": text_embeds, "time_ids": time_ids.repeat(text_embeds.shape[0], 1)}
 
     # 5. denoise
-    mark_step = torch.compiler.cudagraph_mark_step_begin if opts.cuda_graphs else None
+    unet = unet_for(pipe, (latents.shape[0] * (2 if cfg else 1), *latents.shape[1:]))
+    compiled_shape = unet is pipe.unet
+    mark_step = torch.compiler.cudagraph_mark_step_begin if opts.cuda_graphs and compiled_shape else None
     interrupted = False
     total = len(timesteps)
     for i, t in enumerate(timesteps):
@@ -242,7 +244,7 @@ def generate_batch(
         model_in = scheduler.scale_model_input(model_in, t)
         if mark_step is not None:
             mark_step()  # CUDA graph outputs of the previous step may be overwritten now
-        noise = pipe.unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        noise = unet(model_in, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
         if cfg:
             uncond_noise, cond_noise = noise.chunk(2)
             diff = cond_noise - uncond_noise
@@ -257,7 +259,7 @@ def generate_batch(
             on_latents(i + 1, latents)
 
     # 6. decode (in chunks of opts.vae_batch images) and convert to 8-bit on the device
-    arrays = to_uint8(decode_latents(pipe, latents[:n], chunk=opts.vae_batch or n))
+    arrays = to_uint8(decode_latents(pipe, latents[:n], chunk=opts.vae_batch or n, eager=not compiled_shape))
     images: list[Any] = list(arrays)
     if output == "pil":
         from PIL import Image

@@ -312,6 +312,28 @@ def apply(pipe: Any, opts: Optimizations) -> Any:
     return pipe
 
 
+def unet_for(pipe: Any, shape: tuple[int, ...]) -> Any:
+    """The UNet for a batch whose UNet input has ``shape``: the compiled one for the shapes compiled at start (the
+    warm-up records them), the eager one for any other shape. A one-off size, or a batch without CFG (half the rows),
+    would otherwise compile mid-service: a minute with the GPU held and every task behind it waiting."""
+    unet = pipe.unet
+    eager = getattr(unet, "_orig_mod", None)
+    if eager is None:  # not compiled
+        return unet
+    compiled: set[tuple[int, ...]] = getattr(pipe, "_sdlab_compiled_shapes", set())
+    if getattr(pipe, "_sdlab_warming", False):
+        pipe._sdlab_compiled_shapes = compiled | {shape}
+        return unet
+    if not compiled or shape in compiled:  # never warmed up: compile on first use, as torch.compile does
+        return unet
+    seen: set[tuple[int, ...]] = getattr(pipe, "_sdlab_eager_shapes", set())
+    if shape not in seen:
+        pipe._sdlab_eager_shapes = seen | {shape}
+        logger.warning("UNet input %s was not compiled at start (compiled: %s); it runs eagerly. To compile it, start "
+                       "with that size as the model's native size or its batch in --batch-buckets", shape, sorted(compiled))
+    return eager
+
+
 def settings_of(pipe: Any) -> Optimizations:
     """The optimisations :func:`apply` left on ``pipe`` (plain defaults for a pipeline it never saw)."""
     return getattr(pipe, "_sdlab_optimizations", None) or Optimizations()
@@ -326,10 +348,14 @@ def warmup(pipe: Any, *, batch_sizes: tuple[int, ...] | list[int], width: int, h
     from sdlab.runtime.batch import BatchItem, generate_batch
 
     started = time.perf_counter()
-    for n in batch_sizes:
-        items = [BatchItem(prompt="warm-up", seed=i) for i in range(n)]
-        for _ in range(2):  # CUDA graph trees record on the second call of a shape
-            generate_batch(pipe, items, steps=steps, width=width, height=height, output="uint8")
+    pipe._sdlab_warming = True  # unet_for records each shape compiled here
+    try:
+        for n in batch_sizes:
+            items = [BatchItem(prompt="warm-up", seed=i) for i in range(n)]
+            for _ in range(2):  # CUDA graph trees record on the second call of a shape
+                generate_batch(pipe, items, steps=steps, width=width, height=height, output="uint8")
+    finally:
+        pipe._sdlab_warming = False
     if pipe.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started

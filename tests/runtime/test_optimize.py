@@ -91,3 +91,28 @@ def test_a_saved_cache_is_shipped_next_to_the_model_once_and_only_where_it_may_b
     assert optimize.ship_compile_cache(saved, mounted) is None
     assert "upload" in caplog.text and optimize.cache_key() in caplog.text
     assert optimize.load_cache_file(tmp_path / "missing.bin") is False
+
+
+def test_only_shapes_compiled_at_start_run_compiled_others_run_eagerly(models_dir, caplog):
+    """A size (or a CFG-less batch) the warm-up did not compile runs the eager UNet instead of compiling mid-service.
+    torch.compile with the `eager` backend stands in for inductor: dynamo traces, and counts, every new shape."""
+    from torch._dynamo.utils import counters
+
+    from sdlab.runtime.loader import load_pipeline
+
+    torch._dynamo.reset()
+    pipe = load_pipeline(models_dir / "tiny-a", device="cpu")
+    eager_pictures = generate_batch(pipe, ITEMS[:1], steps=2, width=48, height=48, output="uint8").images
+    pipe.unet = torch.compile(pipe.unet, backend="eager", fullgraph=True, dynamic=False)
+    optimize.warmup(pipe, batch_sizes=[1], width=64, height=64)
+    assert pipe._sdlab_compiled_shapes == {(2, 4, 8, 8)}  # one image, CFG: two UNet rows
+    graphs = counters["stats"]["unique_graphs"]
+    generate_batch(pipe, ITEMS[:1], steps=2, width=64, height=64, output="uint8")  # compiled at start: no new graph
+    assert counters["stats"]["unique_graphs"] == graphs
+    with caplog.at_level("WARNING", logger="sdlab.runtime.optimize"):
+        other = generate_batch(pipe, ITEMS[:1], steps=2, width=48, height=48, output="uint8").images
+        generate_batch(pipe, [BatchItem("a red fox", "", 3, 1.0)], steps=2, width=64, height=64, output="uint8")
+    assert counters["stats"]["unique_graphs"] == graphs  # neither traced a new graph
+    assert (other[0] == eager_pictures[0]).all()
+    told = [r.message.split(" was")[0] for r in caplog.records if r.name == "sdlab.runtime.optimize"]
+    assert told == ["UNet input (2, 4, 6, 6)", "UNet input (1, 4, 8, 8)"]
