@@ -57,7 +57,7 @@ def decode(pipe: Any, latents: torch.Tensor) -> str:
 
     from sdlab.runtime.batch import decode_latents, to_uint8
 
-    image = Image.fromarray(to_uint8(decode_latents(pipe, latents[:1], eager=True))[0])
+    image = Image.fromarray(to_uint8(decode_latents(pipe, latents, eager=True))[0])
     image.thumbnail((SIDE, SIDE))
     buf = io.BytesIO()
     image.save(buf, format="PNG")

@@ -32,7 +32,7 @@ class Evaluation:
         """The first `limit` images in a grid (PIL), each titled with what it was asked for, for a look by eye."""
         from sdlab.workshop.gallery import contact_sheet
 
-        titles = [f"{s.count} {s.colour} {s.shape} / {s.background}" for s in self.scenes[:limit]]
+        titles = [s.caption(size_word=False, position_word=False) for s in self.scenes[:limit]]
         return contact_sheet(self.images[:limit], titles, tile_px=160, columns=columns)
 
     def report(self) -> str:
