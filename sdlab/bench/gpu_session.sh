@@ -5,14 +5,16 @@
 #   bash sdlab/bench/gpu_session.sh e2e [tasks] [in-process img/s] [batch]
 #   bash sdlab/bench/gpu_session.sh starts [batch]   (cold starts: eager twice, compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
+# MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
 set -u
 OUT=${OUT:-/tmp/sdlab-out}
 mkdir -p "$OUT"
 if ls .whl*/*.whl >/dev/null 2>&1; then
-  # one install for parts started side by side
+  # one install for parts started side by side; byte-compiled as an image build would (starts are timed below)
   flock /tmp/sdlab-site.lock sh -c 'test -f /tmp/site/.done || { python3 -m pip install -q --no-index --no-deps --no-compile \
-    --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl && touch /tmp/site/.done; }' || exit 1
+    --no-cache-dir --upgrade --target /tmp/site .whl*/*.whl && { python3 -m compileall -q -j 0 /tmp/site >/dev/null || true; } \
+    && touch /tmp/site/.done; }' || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
@@ -32,7 +34,7 @@ case "${1:-}" in
       --compile-cache-dir $CACHE --json "$OUT/sdxl.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sdxl.log"
     ;;
   starts)
-    M=/tmp/sdlab-models; mkdir -p $M
+    M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
     # eager twice, a compiled start from cold (it ships its cache next to the model), then a new pod on that cache only
     python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 --eager-starts 2 --compiled --batch ${2:-16} \
@@ -59,7 +61,7 @@ case "${1:-}" in
     ;;
   serve)
     # cold start (no compile), then the compiled server: cold compile, an HTTP burst, a restart on the warm cache
-    M=/tmp/sdlab-models; mkdir -p $M
+    M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
     du -sh $M/sd15
     python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts 2 | tee "$OUT/coldstart-eager.json"
@@ -87,7 +89,7 @@ PY
     ;;
   e2e)
     # the whole local stack (moto, gateway, agent, the compiled runtime) with full-size SD1.5, a backlog via the API
-    M=/tmp/sdlab-models; mkdir -p $M
+    M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
     cat > /tmp/e2e.yaml <<YAML
 version: 1
