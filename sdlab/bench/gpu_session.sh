@@ -3,7 +3,7 @@
 # Missing packages travel as wheels in .whl/ (diffusers, fastapi, uvicorn, pydantic, ...). Output goes to $OUT.
 #   bash sdlab/bench/gpu_session.sh sd15|sdxl|study|serve [tasks]
 #   bash sdlab/bench/gpu_session.sh e2e [tasks] [in-process img/s] [batch]
-#   bash sdlab/bench/gpu_session.sh starts [batch]   (cold starts: eager twice, compiled cold, a new pod on the shipped cache)
+#   bash sdlab/bench/gpu_session.sh starts [batch] [eager starts]   (cold starts: eager (twice by default), compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
 # MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
@@ -37,7 +37,7 @@ case "${1:-}" in
     M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
     # eager twice, a compiled start from cold (it ships its cache next to the model), then a new pod on that cache only
-    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 --eager-starts 2 --compiled --batch ${2:-16} \
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 --eager-starts ${3:-2} --compiled --batch ${2:-16} \
       --json "$OUT/starts.json" 2>&1 | tee "$OUT/starts.log"
     ls -la $M/sd15/compile-cache
     ;;
