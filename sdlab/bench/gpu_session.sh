@@ -30,7 +30,7 @@ case "${1:-}" in
       --compile-cache-dir $CACHE --json "$OUT/sd15.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sd15.log"
     ;;
   sdxl)
-    python3 -m sdlab bench runtime --models sdxl --batch-sizes ${3:-1,4} --compiled-batch-sizes ${2:-1,4} --repeats 2 \
+    python3 -m sdlab bench runtime --models sdxl --batch-sizes ${3:-1,4} --compiled-batch-sizes ${2:-1,4} \
       --compile-cache-dir $CACHE --json "$OUT/sdxl.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sdxl.log"
     ;;
   starts)

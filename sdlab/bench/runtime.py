@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 
 from sdlab.bench import flops, models
 from sdlab.runtime import optimize
-from sdlab.runtime.batch import BatchItem, generate_batch
+from sdlab.runtime.batch import BatchItem, TextCache, encode_texts, generate_batch
 
 logger = logging.getLogger(__name__)
 PROMPTS = ("a red fox in the snow, detailed oil painting", "a lighthouse at dusk", "a castle on a hill, watercolor",
@@ -71,46 +73,53 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _items(n: int) -> list[BatchItem]:
-    return [BatchItem(PROMPTS[i % len(PROMPTS)], "", 1000 + i, CFG) for i in range(n)]
+def _items(n: int, take: int = 0) -> list[BatchItem]:
+    """``n`` images; ``take`` > 0 gives every prompt a new ending, so no timed call reuses an earlier call's prompt
+    embeddings (only the empty negative prompt repeats, as in service)."""
+    ending = f", take {take}" if take else ""
+    return [BatchItem(PROMPTS[i % len(PROMPTS)] + ending, "", 1000 + i, CFG) for i in range(n)]
 
 
-def _call(pipe: Any, variant: Variant, n: int, size: int, steps: int):
+def _call(pipe: Any, variant: Variant, n: int, size: int, steps: int) -> Callable[[int], Any]:
+    """One call of batch ``n`` as a function of ``take`` (see :func:`_items`); returns the images."""
     if variant.opts is None or variant.via == "diffusers":
-        items = _items(n)
-        return lambda: pipe(prompt=[it.prompt for it in items], negative_prompt=[""] * n, num_inference_steps=steps,
-                            guidance_scale=CFG, width=size, height=size,
-                            generator=[torch.Generator("cpu").manual_seed(it.seed) for it in items]).images
-    return lambda: generate_batch(pipe, _items(n), steps=steps, width=size, height=size, output="uint8").images
+        def diffusers_call(take: int) -> Any:
+            items = _items(n, take)
+            return pipe(prompt=[it.prompt for it in items], negative_prompt=[""] * n, num_inference_steps=steps,
+                        guidance_scale=CFG, width=size, height=size,
+                        generator=[torch.Generator("cpu").manual_seed(it.seed) for it in items]).images
+        return diffusers_call
+    return lambda take: generate_batch(pipe, _items(n, take), steps=steps, width=size, height=size, output="uint8").images
 
 
 def measure(pipe: Any, variant: Variant, n: int, *, model: str, size: int, steps: int, repeats: int,
             image_flops: float, ceiling: float, device: str) -> tuple[Row, Any]:
-    """Time ``repeats`` calls of batch ``n`` after warm-up; returns the row and the first image of the last call."""
+    """Time ``repeats`` calls of batch ``n`` after warm-up, each with new prompts; returns the row and the first image
+    of one more (untimed) call with the reference prompts, the image compared across implementations."""
     fn = _call(pipe, variant, n, size, steps)
+    takes = itertools.count(1)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    fn()
+    fn(next(takes))
     _sync(device)
     first_s = time.perf_counter() - t0
     compiled = variant.opts is not None and variant.opts.compiled
     if compiled:
-        fn()  # CUDA graphs record on the second call of a shape
+        fn(next(takes))  # CUDA graphs record on the second call of a shape
         _sync(device)
     runs = []
-    images = None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        images = fn()
+        fn(next(takes))
         _sync(device)
         runs.append(time.perf_counter() - t0)
     p50 = statistics.median(runs)
     row = Row(model, variant.label, n, n / p50, p50, _percentile(runs, 95),
               torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0, n / p50 * image_flops / ceiling,
               first_s if compiled else 0.0, variant.opts.describe() if variant.opts else "diffusers defaults", runs)
-    first = np.asarray(images[0]) if images is not None else None
+    first = np.asarray(fn(0)[0])
     return row, first
 
 
@@ -170,8 +179,26 @@ def _components(pipe, opts, n, size_b, dev, dtype, lat, size, unet_step_flops, v
     z = torch.randn(chunk, pipe.vae.config.latent_channels, lat, lat, device=dev, dtype=pipe.vae.dtype)
     unet_ms = cuda_ms(_unet_call(pipe, opts, unet_inputs(pipe, size_b, size)), iters=iters)
     vae_ms = cuda_ms(lambda: pipe.vae.decode(z, return_dict=False), iters=iters)
+    text_ms, text_uncached_ms = _text_ms(pipe, n, iters)
     return {"unet_ms": round(unet_ms, 2), "unet_tflops": round(n * unet_step_flops / unet_ms / 1e9, 1),
-            "vae_ms_per_image": round(vae_ms / chunk, 2), "vae_tflops": round(chunk * vae_flops / vae_ms / 1e9, 1)}
+            "vae_ms_per_image": round(vae_ms / chunk, 2), "vae_tflops": round(chunk * vae_flops / vae_ms / 1e9, 1),
+            "text_ms": round(text_ms, 2), "text_uncached_ms": round(text_uncached_ms, 2)}
+
+
+def _text_ms(pipe: Any, n: int, iters: int) -> tuple[float, float]:
+    """ms to encode one call's texts (``n`` new prompts and ``n`` empty negatives): with the negative cached, as in
+    service, and with nothing cached."""
+    cache = TextCache.of(pipe)
+    takes = itertools.count(10_000)
+
+    def new_prompts() -> None:
+        encode_texts(pipe, [it.prompt for it in _items(n, next(takes))] + [""] * n)
+
+    def nothing_cached() -> None:
+        cache.clear()
+        new_prompts()
+
+    return cuda_ms(new_prompts, iters=iters), cuda_ms(nothing_cached, iters=iters)
 
 
 def default_variants(device: str, model: str, batches: tuple[int, ...], compiled_batches: tuple[int, ...],

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from sdlab.errors import ValidationError
 from sdlab.runtime import samplers
+from sdlab.runtime.batch import encode_texts
 from sdlab.runtime.loader import ModelRegistry, with_scheduler
 
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
@@ -149,13 +150,8 @@ def _checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
 
 def _clip_text_encode(ctx: NodeContext, text: str, clip: CheckpointRef) -> NodeResult:
     pipe = ctx.registry.get(clip.title)
-    with torch.inference_mode():
-        if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: both encoders, and the pooled vector
-            embeds, _, pooled, _ = pipe.encode_prompt(prompt=text, device=pipe.device, num_images_per_prompt=1,
-                                                      do_classifier_free_guidance=False)
-            return (Conditioning(embeds, pooled),), None
-        embeds, _ = pipe.encode_prompt(text, pipe.device, 1, False)
-    return (Conditioning(embeds),), None
+    embeds, pooled = encode_texts(pipe, [text])  # SDXL: both encoders, and the pooled vector
+    return (Conditioning(embeds, pooled),), None
 
 
 def _empty_latent(ctx: NodeContext, width: int, height: int, batch_size: int) -> NodeResult:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdlab.errors import ModelError, ValidationError
 from sdlab.runtime import comfy_api, extras, native_api, optimize, samplers
-from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch
+from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch, prompt_embeds
 from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, import_pipelines, with_scheduler
 from sdlab.runtime.preview import LivePreview
 
@@ -516,14 +516,14 @@ class Runtime:
             self.state.job_no = it
             seeds = all_seeds[it * req.batch_size : (it + 1) * req.batch_size]
             kwargs: dict[str, Any] = {
-                "prompt": [req.prompt] * len(seeds),
-                "negative_prompt": [req.negative_prompt] * len(seeds),
+                # the texts' embeddings, encoded as txt2img batches encode them (cached; CLIP skip on prompts)
+                **prompt_embeds(pipe, [req.prompt] * len(seeds), [req.negative_prompt] * len(seeds),
+                                cfg=req.cfg_scale > 1, clip_skip=clip_layers - 1 if clip_layers > 1 else None),
                 "num_inference_steps": req.steps,
                 "guidance_scale": req.cfg_scale,
                 # CPU generators: identical noise on CPU and CUDA hosts.
                 "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
                 "callback_on_step_end": on_step_end,
-                "clip_skip": clip_layers - 1 if clip_layers > 1 else None,
             }
             if req.eta is not None:
                 kwargs["eta"] = req.eta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import threading
@@ -56,6 +57,50 @@ def test_generate_batch_same_seed_same_image_as_one_by_one(pipe, sampler):
         assert diff.max() <= 2 and diff.mean() < 0.05, (item, diff.max(), diff.mean())
     # heterogeneous prompts, negatives and guidance really give different pictures
     assert len({img.tobytes() for img in out.images}) == 3
+
+
+def _without_last_layers(pipe, k: int):
+    """The same pipeline with the text encoder's last ``k`` layers removed: what CLIP skip ``k`` means (A1111's
+    "stop at last layers" k + 1), as an independent reference for the clip-skipped embeddings."""
+    short = copy.deepcopy(pipe.text_encoder)
+    encoder = getattr(short, "text_model", short).encoder
+    encoder.layers = encoder.layers[:-k]
+    return type(pipe)(**{**pipe.components, "text_encoder": short})
+
+
+def test_text_embeddings_are_encoded_once_per_text_and_equal_diffusers(pipe):
+    from sdlab.runtime.batch import TextCache, _encode
+
+    calls = [  # (prompts, negatives, clip_skip)
+        (["a red fox", "a blue fox", "a red fox"], ["", "blurry", ""], None),
+        (["a red fox", "a blue fox"], ["", "blurry"], 1),  # prompts take CLIP skip; diffusers' negatives ignore it
+        (["a green fox"], [""], None),
+    ]
+    want = []
+    for prompts, negatives, skip in calls:
+        cond, _ = (_without_last_layers(pipe, skip) if skip else pipe).encode_prompt(prompts, pipe.device, 1, False)
+        _, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negatives)
+        want.append((cond, uncond))
+    cache = TextCache.of(pipe)
+    cache.clear()
+    batches: list[int] = []
+
+    def count(module, args, kwargs, output):
+        batches.append(int((args[0] if args else kwargs["input_ids"]).shape[0]))
+
+    hook = pipe.text_encoder.register_forward_hook(count, with_kwargs=True)
+    try:
+        got = [_encode(pipe, p, q, True, skip, pipe.device) for p, q, skip in calls]
+    finally:
+        hook.remove()
+    for (cond, uncond, pooled, uncond_pooled), (cond_want, uncond_want) in zip(got, want, strict=True):
+        assert pooled is None and uncond_pooled is None
+        torch.testing.assert_close(cond, cond_want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(uncond, uncond_want, rtol=0, atol=1e-5)
+    assert not torch.allclose(got[0][0][:2], got[1][0])  # CLIP skip changed the prompts' embeddings
+    # the four distinct texts in one call; then only the prompts under CLIP skip 1; then only the new prompt
+    assert batches == [4, 2, 1]
+    assert TextCache.of(pipe) is cache and len(cache) == 7
 
 
 def test_generate_batch_is_deterministic_and_order_independent(pipe):

@@ -79,6 +79,20 @@ def test_img2img_with_init_image(server):
         assert data["parameters"]["init_images"] is None  # A1111 drops them unless include_init_images
 
 
+def test_clip_skip_txt2img_and_img2img(server):
+    """A1111's "Clip skip" (CLIP_stop_at_last_layers): a real change of picture, recorded in the infotext, on both
+    paths (diffusers' own CLIP skip for SD 1.x fails under transformers 5; the runtime encodes it itself)."""
+    plain = _txt2img(server)
+    skipped = _txt2img(server, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert skipped["images"] != plain["images"]
+    assert json.loads(skipped["info"])["clip_skip"] == 2
+    assert _txt2img(server, override_settings={"CLIP_stop_at_last_layers": 2})["images"] == skipped["images"]
+    resp = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [plain["images"][0]], "denoising_strength": 0.6,
+                                                  "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert resp.status_code == 200, resp.text
+    assert json.loads(resp.json()["info"])["clip_skip"] == 2
+
+
 def test_bad_base64_names_the_field(server):
     resp = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": ["not an image!"]})
     assert resp.status_code == 422
