@@ -103,10 +103,12 @@ runtimes:
 YAML
     # its own time limit (E2E_TIMEOUT s), so the logs below are written even when it overruns; output lands in $OUT as
     # it comes, never only in a pipe that a killed call would lose
+    date -u +"e2e starts %T" > "$OUT/e2e.log"
     timeout ${E2E_TIMEOUT:-480} python3 -m sdlab bench e2e --config /tmp/e2e.yaml --tasks ${2:-200} --steps 25 --size 512 \
-      --reference ${3:-8.88} --home /tmp/e2e-home --json "$OUT/e2e.json" > "$OUT/e2e.log" 2>&1
+      --reference ${3:-8.88} --home /tmp/e2e-home --json "$OUT/e2e.json" >> "$OUT/e2e.log" 2>&1
     echo "e2e exit $?"; grep -v -i "warn\|torchvision\|kept in float32" "$OUT/e2e.log" | tail -60
-    for f in /tmp/e2e-home/logs/runtime-*.log /tmp/e2e-home/logs/agent-*.log; do echo "== $f"; tail -15 "$f"; done > "$OUT/e2e-logs.txt"
+    for f in /tmp/e2e-home/logs/*.log; do echo "== $f"; grep -v "/healthz" "$f" | head -40; echo "== ... end:"; tail -8 "$f"; done \
+      > "$OUT/e2e-logs.txt"
     ;;
   *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e"; exit 2 ;;
 esac
