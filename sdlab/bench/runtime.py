@@ -25,7 +25,8 @@ import torch
 
 from sdlab.bench import flops, models
 from sdlab.runtime import optimize
-from sdlab.runtime.batch import BatchItem, TextCache, encode_texts, generate_batch
+from sdlab.runtime.batch import BatchItem, generate_batch
+from sdlab.runtime.text import TextCache, encode_texts
 
 logger = logging.getLogger(__name__)
 PROMPTS = ("a red fox in the snow, detailed oil painting", "a lighthouse at dusk", "a castle on a hill, watercolor",

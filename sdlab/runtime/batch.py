@@ -19,7 +19,6 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch
 
 from sdlab.errors import ValidationError
 from sdlab.runtime.optimize import attention_context, settings_of, unet_for
+from sdlab.runtime.text import encode_prompts
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -76,142 +76,6 @@ def bucket_size(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket holding ``n`` images (``n`` itself when none does)."""
     fitting = [b for b in sorted(buckets) if b >= n]
     return fitting[0] if fitting else n
-
-
-TEXT_CACHE_SIZE = 256  # texts whose embeddings a pipeline keeps (about 300 KB each for SDXL, 60 KB for SD1.5)
-
-
-class TextCache:
-    """The text embeddings of a pipeline's recent texts, least recently used first out.
-
-    A text is encoded once while it keeps coming back: the negative prompt (the same for most tasks) and any prompt
-    that repeats. Keys are ``(text, clip_skip)``; values are ``(embeds, pooled)`` rows of one text (``pooled`` only
-    for SDXL). Thread-safe.
-    """
-
-    def __init__(self, size: int = TEXT_CACHE_SIZE) -> None:
-        self.size = size
-        self._rows: OrderedDict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @classmethod
-    def of(cls, pipe: Any) -> TextCache:
-        """The cache of the pipeline's text encoder (made on first use; pipelines that share the encoder, such as an
-        img2img view of the same model, share it)."""
-        owner = pipe.text_encoder
-        cache = getattr(owner, "_sdlab_text_cache", None)
-        if cache is None:
-            cache = owner._sdlab_text_cache = cls()
-        return cache
-
-    def __reduce__(self) -> tuple[type[TextCache], tuple[int]]:
-        return type(self), (self.size,)  # a copied (or pickled) encoder starts with an empty cache
-
-    def get(self, key: tuple[str, int | None]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        with self._lock:
-            row = self._rows.get(key)
-            if row is None:
-                self.misses += 1
-                return None
-            self._rows.move_to_end(key)
-            self.hits += 1
-            return row
-
-    def put(self, key: tuple[str, int | None], row: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        with self._lock:
-            self._rows[key] = row
-            self._rows.move_to_end(key)
-            while len(self._rows) > self.size:
-                self._rows.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-
-def _encode_fresh(pipe: Any, texts: list[str], clip_skip: int | None, device) -> tuple[Any, Any]:
-    """diffusers' ``encode_prompt`` of ``texts`` as prompts (no CFG): ``(embeds, pooled)``, pooled only for SDXL."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        embeds, _, pooled, _ = pipe.encode_prompt(prompt=texts, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False, clip_skip=clip_skip)
-        return embeds, pooled
-    if clip_skip is None:
-        embeds, _ = pipe.encode_prompt(texts, device, 1, False)
-        return embeds, None
-    return _clip_skipped(pipe, texts, clip_skip, device), None
-
-
-def _clip_skipped(pipe: Any, texts: list[str], clip_skip: int, device) -> Any:
-    """SD 1.x/2.x under CLIP skip: the hidden state ``clip_skip`` layers before the last, through the final layer norm.
-    (diffusers' ``encode_prompt`` reaches that norm through ``text_encoder.text_model``, which transformers 5 no
-    longer has.)"""
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
-    mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
-    hidden = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states
-    final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
-    return final_norm(hidden[-(clip_skip + 1)]).to(dtype=encoder.dtype, device=device)
-
-
-@torch.inference_mode()
-def encode_texts(pipe: Any, texts: Sequence[str], clip_skip: int | None = None, device: Any = None) -> tuple[Any, Any]:
-    """The embeddings of ``texts``, a row per text in order: ``(embeds, pooled)``, pooled only for SDXL; equal to
-    diffusers' ``encode_prompt`` of each text as a prompt.
-
-    Texts in the pipeline's :class:`TextCache` are not encoded again; the others are encoded together in one call
-    (each distinct text once) and kept. The rows are inference tensors, as the batch loop's are.
-    """
-    if not texts:
-        raise ValueError("encode_texts needs at least one text")
-    cache = TextCache.of(pipe)
-    device = device if device is not None else pipe._execution_device
-    rows: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    misses = []
-    for text in dict.fromkeys(texts):
-        row = cache.get((text, clip_skip))
-        if row is None:
-            misses.append(text)
-        else:
-            rows[text] = row
-    if misses:
-        embeds, pooled = _encode_fresh(pipe, misses, clip_skip, device)
-        for i, text in enumerate(misses):
-            rows[text] = (embeds[i : i + 1].clone(), None if pooled is None else pooled[i : i + 1].clone())
-            cache.put((text, clip_skip), rows[text])
-    embeds = torch.cat([rows[text][0] for text in texts])
-    pooleds = [rows[text][1] for text in texts]
-    return embeds, None if pooleds[0] is None else torch.cat(pooleds)  # type: ignore[arg-type]
-
-
-def _encode(pipe: Any, prompts: list[str], negatives: list[str], cfg: bool, clip_skip: int | None, device):
-    """Text embeddings ``(cond, uncond, pooled, uncond_pooled)``, as diffusers' ``encode_prompt`` gives them (the last
-    two only for SDXL), from :func:`encode_texts`. Negative prompts ignore ``clip_skip``, as in diffusers."""
-    n = len(prompts)
-    if not cfg:
-        cond, pooled = encode_texts(pipe, prompts, clip_skip, device)
-        return cond, None, pooled, None
-    if clip_skip is None:  # prompts and negatives in one encoder call
-        embeds, pooled = encode_texts(pipe, [*prompts, *negatives], None, device)
-        return embeds[:n], embeds[n:], *((None, None) if pooled is None else (pooled[:n], pooled[n:]))
-    cond, pooled = encode_texts(pipe, prompts, clip_skip, device)
-    uncond, uncond_pooled = encode_texts(pipe, negatives, None, device)
-    return cond, uncond, pooled, uncond_pooled
-
-
-def prompt_embeds(pipe: Any, prompts: list[str], negatives: list[str], *, cfg: bool,
-                  clip_skip: int | None = None) -> dict[str, Any]:
-    """Keyword arguments for a diffusers pipeline call in place of ``prompt``, ``negative_prompt`` and ``clip_skip``:
-    the same embeddings, from :func:`encode_texts` (cached, and CLIP skip that works with transformers 5)."""
-    cond, uncond, pooled, uncond_pooled = _encode(pipe, prompts, negatives, cfg, clip_skip, pipe._execution_device)
-    kwargs = {"prompt_embeds": cond, "negative_prompt_embeds": uncond, "pooled_prompt_embeds": pooled,
-              "negative_pooled_prompt_embeds": uncond_pooled}
-    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _pad(t: Any, pad: int) -> Any:
@@ -307,7 +171,7 @@ def generate_batch(
     cfg = any(s > 1.0 for s in scales) and pipe.unet.config.time_cond_proj_dim is None
 
     # 1. text embeddings (only the real items; padding repeats the last one)
-    cond, uncond, pooled, uncond_pooled = _encode(
+    cond, uncond, pooled, uncond_pooled = encode_prompts(
         pipe, [it.prompt for it in items], [it.negative_prompt for it in items], cfg, clip_skip, device
     )
     cond, uncond, pooled, uncond_pooled = (_pad(t, pad) for t in (cond, uncond, pooled, uncond_pooled))

@@ -25,8 +25,8 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from sdlab.errors import ValidationError
 from sdlab.runtime import samplers
-from sdlab.runtime.batch import encode_texts
 from sdlab.runtime.loader import ModelRegistry, with_scheduler
+from sdlab.runtime.text import encode_texts
 
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
 LATENT_CHANNELS = 4  # SD 1.x

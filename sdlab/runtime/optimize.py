@@ -50,6 +50,7 @@ class Optimizations:
     vae_tiling: bool = False  # decode in overlapping tiles: less memory for large images, a little slower
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16)  # compiled batch sizes; batches are padded up to one
     inductor_tuning: bool = False  # coordinate-descent tuning of inductor's Triton kernels: longer compile
+    text_graphs: bool = False  # replay the text encoders as CUDA graphs (CUDA only): one launch per encoder call
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,6 +83,7 @@ class Optimizations:
             compile="reduce-overhead",
             cudnn_benchmark=True,
             vae_batch=1,
+            text_graphs=True,
         )
         settings.update(overrides)
         return cls(**settings)
@@ -120,6 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--batch-buckets", default=None, help="compiled batch sizes, e.g. 1,2,4,8,16")
     g.add_argument("--inductor-tuning", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--text-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the text encoders as CUDA graphs")
 
 
 def from_args(args: argparse.Namespace) -> Optimizations:
@@ -137,6 +141,7 @@ def from_args(args: argparse.Namespace) -> Optimizations:
         ("vae_batch", "vae_batch"),
         ("vae_tiling", "vae_tiling"),
         ("inductor_tuning", "inductor_tuning"),
+        ("text_graphs", "text_graphs"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -307,6 +312,11 @@ def apply(pipe: Any, opts: Optimizations) -> Any:
         pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True, dynamic=False)
         if opts.compile_vae:
             pipe.vae.decode = torch.compile(pipe.vae.decode, fullgraph=True, dynamic=False)
+    from sdlab.runtime.text import EncoderGraphs, TextCache
+
+    TextCache.of(pipe).clear()  # embeddings of the old settings (another dtype, say) must not be reused
+    graphs = opts.text_graphs and device == "cuda"
+    pipe._sdlab_text_graphs = EncoderGraphs(max_rows=2 * max(opts.batch_buckets)) if graphs else None
     pipe._sdlab_optimizations = opts
     logger.info("optimisations on %s: %s", device, opts.describe())
     return pipe
@@ -357,6 +367,14 @@ def warmup(pipe: Any, *, batch_sizes: tuple[int, ...] | list[int], width: int, h
                 generate_batch(pipe, items, steps=steps, width=width, height=height, output="uint8")
     finally:
         pipe._sdlab_warming = False
+    graphs = getattr(pipe, "_sdlab_text_graphs", None)
+    if graphs is not None:  # capture the text encoders' graphs for every row count now, not on a task's time
+        from sdlab.runtime.text import encode_texts
+
+        rows = 1
+        while rows <= graphs.max_rows:
+            encode_texts(pipe, [f"warm-up text {i} of {rows}" for i in range(rows)])
+            rows *= 2
     if pipe.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started

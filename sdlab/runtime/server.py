@@ -36,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdlab.errors import ModelError, ValidationError
 from sdlab.runtime import comfy_api, extras, native_api, optimize, samplers
-from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch, prompt_embeds
+from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch
 from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, import_pipelines, with_scheduler
 from sdlab.runtime.preview import LivePreview
+from sdlab.runtime.text import prompt_embeds
 
 logger = logging.getLogger(__name__)
 

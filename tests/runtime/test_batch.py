@@ -69,7 +69,7 @@ def _without_last_layers(pipe, k: int):
 
 
 def test_text_embeddings_are_encoded_once_per_text_and_equal_diffusers(pipe):
-    from sdlab.runtime.batch import TextCache, _encode
+    from sdlab.runtime.text import TextCache, encode_prompts
 
     calls = [  # (prompts, negatives, clip_skip)
         (["a red fox", "a blue fox", "a red fox"], ["", "blurry", ""], None),
@@ -90,7 +90,7 @@ def test_text_embeddings_are_encoded_once_per_text_and_equal_diffusers(pipe):
 
     hook = pipe.text_encoder.register_forward_hook(count, with_kwargs=True)
     try:
-        got = [_encode(pipe, p, q, True, skip, pipe.device) for p, q, skip in calls]
+        got = [encode_prompts(pipe, p, q, True, skip, pipe.device) for p, q, skip in calls]
     finally:
         hook.remove()
     for (cond, uncond, pooled, uncond_pooled), (cond_want, uncond_want) in zip(got, want, strict=True):
@@ -130,6 +130,21 @@ def test_generate_batch_sdxl_matches_the_sdxl_pipeline():
         ref = xl(prompt=[item.prompt], negative_prompt=[item.negative_prompt], num_inference_steps=4,
                  guidance_scale=item.cfg_scale, width=64, height=64, generator=gen).images[0]
         assert np.abs(np.asarray(ref, dtype=np.int16) - got).max() <= 2
+
+
+def test_sdxl_text_embeddings_equal_diffusers_with_and_without_clip_skip():
+    from sdlab.bench.models import build
+    from sdlab.runtime.text import encode_prompts
+
+    xl = build("tiny-xl", device="cpu", dtype=torch.float32)
+    prompts, negatives = ["a red fox", "a lighthouse at dusk"], ["", "blurry"]
+    for skip in (None, 1):
+        got = encode_prompts(xl, prompts, negatives, True, skip, xl.device)
+        want = xl.encode_prompt(prompt=prompts, device=xl.device, num_images_per_prompt=1,
+                                do_classifier_free_guidance=True, negative_prompt=negatives, clip_skip=skip)
+        # diffusers returns (cond, uncond, pooled, uncond_pooled), as encode_prompts does
+        for ours, theirs in zip(got, want, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_generate_batch_rejects_bad_input(pipe):
@@ -282,3 +297,31 @@ def test_compiled_batch_equals_one_by_one_on_gpu():
     assert batched.padded_to == 4
     diff = np.abs(alone.astype(np.int16) - batched.images[0].astype(np.int16))
     assert diff.mean() < 1.0  # bf16: batched kernels may round differently
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["tiny", "tiny-xl"])
+def test_text_encoders_as_cuda_graphs_equal_eager_on_gpu(model):
+    """The graphed encoders give the eager embeddings: one text (padded to a graph of 1), three (padded to 4), and more
+    texts than the largest graph (split), with and without CLIP skip."""
+    from sdlab.bench.models import build
+    from sdlab.runtime import optimize
+    from sdlab.runtime.text import TextCache, encode_texts
+
+    pipe = build(model, device="cuda", dtype=torch.float16)
+    texts = [f"a fox number {i}" for i in range(11)]
+    optimize.apply(pipe, optimize.Optimizations(dtype="fp16"))
+    assert pipe._sdlab_text_graphs is None
+    eager = {(n, skip): encode_texts(pipe, texts[:n], skip) for n in (1, 3, 11) for skip in (None, 1)}
+    optimize.apply(pipe, optimize.Optimizations(dtype="fp16", text_graphs=True, batch_buckets=(1, 4)))
+    graphs = pipe._sdlab_text_graphs
+    assert graphs is not None and graphs.max_rows == 8 and len(TextCache.of(pipe)) == 0
+    for (n, skip), (embeds, pooled) in eager.items():
+        TextCache.of(pipe).clear()
+        got, got_pooled = encode_texts(pipe, texts[:n], skip)
+        torch.testing.assert_close(got, embeds, rtol=0, atol=2e-3)
+        if pooled is not None:
+            torch.testing.assert_close(got_pooled, pooled, rtol=0, atol=2e-3)
+    assert not graphs._eager and {rows for _, rows in graphs._graphs} == {1, 4, 8}
+    out = generate_batch(pipe, MIXED, steps=STEPS, width=W, height=H, output="uint8")
+    assert len(out.images) == 3
