@@ -91,3 +91,16 @@ def test_bench_e2e_runs_a_backlog_through_the_whole_stack(tmp_path):
     assert 0 < result["runtime_busy_fraction"] <= 1 and result["end_to_end_img_per_s"] > 0
     assert result["fraction_of_in_process"] == round(result["end_to_end_img_per_s"] / 10, 4)
     assert result["queue_wait_s"]["p50"] <= result["queue_wait_s"]["p95"] and result["run_s"]["max"] > 0
+
+
+def test_start_probe_splits_the_start_of_a_real_model():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sdlab.bench.start_probe", str(ROOT / "sdlab" / "shapes"), "model"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    steps = dict(re.findall(r"^(.+?)\s+([\d.]+) s$", proc.stdout, re.M))
+    assert {"import torch", "from diffusers.utils import logging", "create_app", "import the pipeline classes"} <= set(steps)
+    assert all(float(v) >= 0 for v in steps.values())
+    bad = subprocess.run([sys.executable, "-m", "sdlab.bench.start_probe"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "MODELS_DIR MODEL" in bad.stdout
