@@ -86,7 +86,7 @@ def _cmd_e2e(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"runtimes": (settings.runtime(runtime),)})  # the measured runtime alone
     home = Path(args.home).resolve()
     result = e2e.run(settings, runtime, tasks=args.tasks, steps=args.steps, size=args.size, home=home,
-                     reference_img_s=args.reference)
+                     reference_img_s=args.reference, submitters=args.submitters)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
@@ -156,6 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--steps", type=int, default=25)
     e.add_argument("--size", type=int, default=512)
     e.add_argument("--reference", type=float, default=None, help="in-process img/s to compare with (sdlab bench runtime)")
+    e.add_argument("--submitters", type=int, default=8, help="clients submitting the backlog at once")
     e.add_argument("--home", default=".sdlab-bench", help="state folder of the benchmark's stack")
     e.add_argument("--json", default=None, help="write the figures here too")
     e.set_defaults(fn=_cmd_e2e)

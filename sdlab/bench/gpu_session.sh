@@ -88,7 +88,8 @@ PY
     tail -5 "$OUT/serve.log"
     ;;
   e2e)
-    # the whole local stack (moto, gateway, agent, the compiled runtime) with full-size SD1.5, a backlog via the API
+    # the whole local stack (moto, gateway, agent, the compiled runtime) with full-size SD1.5, a backlog via the API;
+    # buckets 1 and the batch: a task that arrives alone (the first of a burst) runs at batch 1, not padded to the batch
     M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
     cat > /tmp/e2e.yaml <<YAML
@@ -98,7 +99,7 @@ runtimes:
   - name: sd15
     type: diffusers
     model: {name: sd15, source: path, path: $M/sd15}
-    batch: {max_batch: ${4:-8}, max_wait_ms: 30, buckets: [${4:-8}]}
+    batch: {max_batch: ${4:-8}, max_wait_ms: 30, buckets: [1, ${4:-8}]}
     optimize: fast
 YAML
     # its own time limit (E2E_TIMEOUT s), so the logs below are written even when it overruns; output lands in $OUT as

@@ -82,11 +82,12 @@ def test_bench_e2e_runs_a_backlog_through_the_whole_stack(tmp_path):
     out = tmp_path / "e2e.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "sdlab", "bench", "e2e", "--config", str(config), "--tasks", "4", "--steps", "2",
-           "--size", "64", "--reference", "10", "--home", str(tmp_path / "home"), "--json", str(out)]
+           "--size", "64", "--reference", "10", "--submitters", "3", "--home", str(tmp_path / "home"), "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert (result["runtime"], result["tasks"], result["completed"], result["images"]) == ("sd", 4, 4, 4)
+    assert result["submitters"] == 3 and result["submit_seconds"] > 0
     assert result["max_batch"] == 2 and 1 <= result["batches"] <= 4  # the config's batch reached the runtime
     assert 0 < result["runtime_busy_fraction"] <= 1 and result["end_to_end_img_per_s"] > 0
     assert result["fraction_of_in_process"] == round(result["end_to_end_img_per_s"] / 10, 4)
