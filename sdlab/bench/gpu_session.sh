@@ -5,6 +5,7 @@
 #   bash sdlab/bench/gpu_session.sh e2e [tasks] [in-process img/s] [batch]
 #   bash sdlab/bench/gpu_session.sh starts [batch] [eager starts]   (cold starts: eager (twice by default), compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
+#   bash sdlab/bench/gpu_session.sh probe   (where an eager start and its first image spend their seconds)
 # MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
 set -u
@@ -40,6 +41,12 @@ case "${1:-}" in
     python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 --eager-starts ${3:-2} --compiled --batch ${2:-16} \
       --json "$OUT/starts.json" 2>&1 | tee "$OUT/starts.log"
     ls -la $M/sd15/compile-cache
+    ;;
+  probe)
+    # a fresh process's start split step by step, then the first eager image split by part (text, UNet, VAE, whole)
+    M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
+    test -f $M/sd15/model_index.json || python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
+    python3 -m sdlab.bench.start_probe $M sd15 --generate 2>&1 | grep -v -i "warn\|torchvision\|float" | tee "$OUT/probe.txt"
     ;;
   study)
     # where the UNet's time goes: each attention backend alone and in the UNet, then SD1.5 at bf16 on every side:
@@ -111,5 +118,5 @@ YAML
     for f in /tmp/e2e-home/logs/*.log; do echo "== $f"; grep -v "/healthz" "$f" | head -40; echo "== ... end:"; tail -8 "$f"; done \
       > "$OUT/e2e-logs.txt"
     ;;
-  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e"; exit 2 ;;
+  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e|starts|probe"; exit 2 ;;
 esac

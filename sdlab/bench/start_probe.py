@@ -1,10 +1,14 @@
 """Where a runtime start's seconds go on this machine, step by step in one fresh process.
 
-    python -m sdlab.bench.start_probe MODELS_DIR MODEL
+    python -m sdlab.bench.start_probe MODELS_DIR MODEL [--generate] [--steps N]
 
 It repeats what ``python -m sdlab.runtime`` does before the model load (imports, building the app, importing the
 pipeline classes) and then the first use of each GPU library (CUDA context, cuBLAS, cuDNN, SDPA), printing seconds per
 step. The runtime's own ``/v1/info`` ``startup`` marks time the same phases coarser; this splits them.
+
+``--generate`` then loads the model as the server does (eager) and splits the first image: the first and second call
+of the text encoders, the UNet (at the CFG batch) and the VAE decoder, then a whole image twice. An eager pod's first
+image takes seconds longer than its second; this shows which part pays.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ STARTED = time.perf_counter()
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    args = [a for a in argv if not a.startswith("--")]
+    generate = "--generate" in argv
+    steps = int(argv[argv.index("--steps") + 1]) if "--steps" in argv else 25
+    if "--steps" in argv:
+        args.remove(str(steps))
+    if len(args) != 2:
         print(__doc__)
         return 2
     last = time.perf_counter()
@@ -44,7 +53,7 @@ def main(argv: list[str]) -> int:
     mark("import uvicorn")
     from pathlib import Path
 
-    server.create_app(Path(argv[0]), argv[1])
+    app = server.create_app(Path(args[0]), args[1])
     mark("create_app")
     from sdlab.runtime.loader import import_pipelines
 
@@ -67,8 +76,50 @@ def main(argv: list[str]) -> int:
         q = torch.randn(2, 8, 4096, 40, device="cuda", dtype=half)
         torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().item()
         mark("first SDPA")
+    if generate:
+        _first_image(app.state.runtime.registry.get(args[1]), steps, mark)
     print(f"{'total, from interpreter start of this module':<40} {time.perf_counter() - STARTED:7.2f} s")
     return 0
+
+
+def _first_image(pipe, steps: int, mark) -> None:
+    """The first and second call of each part of an eager txt2img, then a whole image twice (the loader's dtype)."""
+    import torch
+
+    from sdlab.bench.runtime import unet_inputs
+    from sdlab.runtime.batch import BatchItem, generate_batch
+    from sdlab.runtime.text import TextCache, encode_texts
+
+    cuda = pipe.device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    mark("load the model (eager)")
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    with torch.inference_mode():
+        for call in ("first", "second"):
+            encode_texts(pipe, [f"a red fox, {call} call", ""])
+            sync()
+            mark(f"{call} text encoding")
+        x, t, ehs, added = unet_inputs(pipe, 2, size)
+        for call in ("first", "second"):
+            pipe.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
+            sync()
+            mark(f"{call} UNet call ({size}², CFG batch 2)")
+        z = torch.randn(1, pipe.vae.config.latent_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor,
+                        device=pipe.device, dtype=pipe.vae.dtype)
+        for call in ("first", "second"):
+            pipe.vae.decode(z, return_dict=False)
+            sync()
+            mark(f"{call} VAE decode")
+    TextCache.of(pipe).clear()
+    for call in ("first", "second"):
+        generate_batch(pipe, [BatchItem(f"a lighthouse at dusk, {call}", seed=1)], steps=steps, width=size, height=size,
+                       output="uint8")
+        sync()
+        mark(f"{call} whole image ({steps} steps)")
 
 
 if __name__ == "__main__":

@@ -96,11 +96,13 @@ def test_bench_e2e_runs_a_backlog_through_the_whole_stack(tmp_path):
 
 def test_start_probe_splits_the_start_of_a_real_model():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "sdlab.bench.start_probe", str(ROOT / "sdlab" / "shapes"), "model"]
+    cmd = [sys.executable, "-m", "sdlab.bench.start_probe", str(ROOT / "sdlab" / "shapes"), "model", "--generate",
+           "--steps", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     steps = dict(re.findall(r"^(.+?)\s+([\d.]+) s$", proc.stdout, re.M))
     assert {"import torch", "from diffusers.utils import logging", "create_app", "import the pipeline classes"} <= set(steps)
+    assert {"first UNet call (128², CFG batch 2)", "second VAE decode", "first whole image (2 steps)"} <= set(steps)
     assert all(float(v) >= 0 for v in steps.values())
     bad = subprocess.run([sys.executable, "-m", "sdlab.bench.start_probe"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60)
