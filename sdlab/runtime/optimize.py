@@ -367,14 +367,22 @@ def warmup(pipe: Any, *, batch_sizes: tuple[int, ...] | list[int], width: int, h
                 generate_batch(pipe, items, steps=steps, width=width, height=height, output="uint8")
     finally:
         pipe._sdlab_warming = False
-    graphs = getattr(pipe, "_sdlab_text_graphs", None)
-    if graphs is not None:  # capture the text encoders' graphs for every row count now, not on a task's time
-        from sdlab.runtime.text import encode_texts
-
-        rows = 1
-        while rows <= graphs.max_rows:
-            encode_texts(pipe, [f"warm-up text {i} of {rows}" for i in range(rows)])
-            rows *= 2
+    capture_text_graphs(pipe)
     if pipe.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def capture_text_graphs(pipe: Any) -> None:
+    """Capture the text encoders' CUDA graphs for every row count now, not on a task's time (no-op without
+    ``text_graphs``)."""
+    graphs = getattr(pipe, "_sdlab_text_graphs", None)
+    if graphs is None:
+        return
+    from sdlab.runtime.text import TextCache, encode_texts
+
+    rows = 1
+    while rows <= graphs.max_rows:
+        encode_texts(pipe, [f"warm-up text {i} of {rows}" for i in range(rows)])
+        rows *= 2
+    TextCache.of(pipe).clear()  # the warm-up texts would only take room

@@ -264,10 +264,12 @@ class Runtime:
             self.startup["cuda_init_s"] = round(time.perf_counter() - started, 2)
 
     def warmup(self, title: str) -> None:
-        """Compile ``title`` for its native size at every batch bucket up to the max batch (no-op uncompiled)."""
+        """Compile ``title`` for its native size at every batch bucket up to the max batch; uncompiled, only capture
+        the text encoders' CUDA graphs (with ``text_graphs``)."""
         pipe = self.registry.get(title)
         opts = optimize.settings_of(pipe)
         if not opts.compiled:
+            optimize.capture_text_graphs(pipe)
             return
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
         key = BatchKey(model=title, width=side, height=side)

@@ -106,7 +106,7 @@ class EncoderGraphs:
                 encoder(ids, output_hidden_states=True)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads' CUDA work may go on
             out = encoder(ids, output_hidden_states=True)
         return graph, ids, out
 
