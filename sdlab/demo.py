@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 from sdlab.client import Client
 from sdlab.shapes import example_prompts
 
@@ -96,9 +98,7 @@ def format_table(rows: list[DemoRow]) -> str:
     header = ("task", "runtime", "status", "queued s", "running s", "asked", "drawn (pixel judge)", "match", "image")
     lines = [(r.task, r.runtime, r.status, num(r.queued_s), num(r.run_s), r.prompt, r.drawn, verdict(r), r.path)
              for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    table = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines]
+    table = [tabulate(lines, headers=header, tablefmt="simple", disable_numparse=True)]
     judged = [r for r in rows if r.matches is not None]
     if judged:
         table.append(f"\n{sum(bool(r.matches) for r in judged)} of {len(judged)} pictures show what their prompt asked "

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 
 def _cmd_openapi(args: argparse.Namespace) -> int:
     from sdlab.api.openapi import document
@@ -21,10 +23,9 @@ def _cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def _table(title: str, rows: dict[str, Any]) -> list[str]:
-    lines = [f"{title:<28} {'tasks':>6} {'images':>7} {'GPU-s':>10} {'USD':>12}"]
-    for name, t in sorted(rows.items()):
-        lines.append(f"{name:<28} {t['tasks']:>6} {t['images']:>7} {t['gpu_s']:>10.1f} {t['cost_usd']:>12.6f}")
-    return lines
+    body = [(name, t["tasks"], t["images"], t["gpu_s"], t["cost_usd"]) for name, t in sorted(rows.items())]
+    text = tabulate(body, headers=(title, "tasks", "images", "GPU-s", "USD"), floatfmt=("", "", "", ".1f", ".6f"))
+    return text.splitlines()
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tabulate import tabulate
 
 from sdlab.bench.runtime import PROMPTS, _percentile
 from sdlab.runtime.optimize import SHIPPED_CACHE_DIR
@@ -118,10 +119,9 @@ def starts_table(rows: list[dict[str, Any]]) -> str:
             value = (row.get("startup") or {}).get(key)
         return "—" if value is None else f"{value:.2f} s"
 
-    lines = ["| start | " + " | ".join(name for name, _ in START_COLUMNS) + " |",
-             "|---" * (len(START_COLUMNS) + 1) + "|"]
-    lines += ["| " + " | ".join([row["start"], *(cell(row, key) for _, key in START_COLUMNS)]) + " |" for row in rows]
-    return "\n".join(lines)
+    body = [[row["start"], *(cell(row, key) for _, key in START_COLUMNS)] for row in rows]
+    return tabulate(body, headers=["start", *(name for name, _ in START_COLUMNS)], tablefmt="github",
+                    disable_numparse=True)
 
 
 def http_burst(url: str, *, tasks: int, per_request: int, concurrency: int, steps: int, size: int) -> dict[str, Any]:
