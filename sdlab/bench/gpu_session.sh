@@ -6,6 +6,7 @@
 #   bash sdlab/bench/gpu_session.sh starts [batch] [eager starts]   (cold starts: eager (twice by default), compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
 #   bash sdlab/bench/gpu_session.sh probe   (where an eager start and its first image spend their seconds)
+#   bash sdlab/bench/gpu_session.sh pair "PART ARGS" "PART ARGS"   (two parts at once, one per card; PAIR_TIMEOUT s each)
 # MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
 set -u
@@ -26,6 +27,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,power.limit --
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 
 case "${1:-}" in
+  pair)
+    # two parts side by side, one per card (e.g. pair "e2e 480 9.11 16" "probe"), each under its own time limit,
+    # waited for by PID (a `pgrep -f` loop would also match this command line and never end)
+    CUDA_VISIBLE_DEVICES=0 timeout "${PAIR_TIMEOUT:-540}" bash "$0" $2 > "$OUT/gpu0.txt" 2>&1 &
+    FIRST=$!
+    CUDA_VISIBLE_DEVICES=1 timeout "${PAIR_TIMEOUT:-540}" bash "$0" $3 > "$OUT/gpu1.txt" 2>&1 &
+    SECOND=$!
+    wait $FIRST; echo "card 0 ($2): exit $?"
+    wait $SECOND; echo "card 1 ($3): exit $?"
+    for f in "$OUT/gpu0.txt" "$OUT/gpu1.txt"; do echo "== $f"; grep -v -i "warn\|torchvision\|float" "$f" | tail -30; done
+    ;;
   sd15)
     python3 -m sdlab bench runtime --models sd15 ${3:-} --batch-sizes 1,4,8,16 --compiled-batch-sizes ${2:-1,8,16} \
       --compile-cache-dir $CACHE --json "$OUT/sd15.json" 2>&1 | grep --line-buffered -v -i "warn\|torchvision\|kept in float32" | tee "$OUT/sd15.log"
@@ -118,5 +130,5 @@ YAML
     for f in /tmp/e2e-home/logs/*.log; do echo "== $f"; grep -v "/healthz" "$f" | head -40; echo "== ... end:"; tail -8 "$f"; done \
       > "$OUT/e2e-logs.txt"
     ;;
-  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e|starts|probe"; exit 2 ;;
+  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e|starts|probe|pair"; exit 2 ;;
 esac
