@@ -101,6 +101,8 @@ def test_notebook_runs(path, course_stack):
     import papermill
     from nbconvert import HTMLExporter
 
+    from tests.notebooks.kernels import SlicedPollKernelManager
+
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / path.name
     started = time.monotonic()
@@ -108,6 +110,7 @@ def test_notebook_runs(path, course_stack):
         papermill.execute_notebook(
             str(path), str(out), cwd=str(path.parent), kernel_name="python3", progress_bar=False,
             execution_timeout=420,  # a cell that never answers fails, naming itself, before pytest's own timeout
+            kernel_manager_class=SlicedPollKernelManager,  # a missed socket wake-up costs a second, not the timeout
             parameters={**course_stack, **SMALL.get(path.stem, {})},
         )
     finally:
