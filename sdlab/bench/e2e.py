@@ -37,7 +37,7 @@ def _runtime_info(url: str) -> dict[str, Any]:
 
 
 def run(settings: Settings, runtime: str, *, tasks: int, steps: int, size: int, home: Path,
-        reference_img_s: float | None = None, timeout: float = 1800.0, submitters: int = 8) -> dict[str, Any]:
+        submitters: int, reference_img_s: float | None = None, timeout: float = 1800.0) -> dict[str, Any]:
     from sdlab.client import Client
 
     rt = settings.runtime(runtime)

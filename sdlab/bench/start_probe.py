@@ -13,21 +13,21 @@ image takes seconds longer than its second; this shows which part pays.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from pathlib import Path
 
 STARTED = time.perf_counter()
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    generate = "--generate" in argv
-    steps = int(argv[argv.index("--steps") + 1]) if "--steps" in argv else 25
-    if "--steps" in argv:
-        args.remove(str(steps))
-    if len(args) != 2:
-        print(__doc__)
-        return 2
+    parser = argparse.ArgumentParser(prog="python -m sdlab.bench.start_probe", description=__doc__.splitlines()[0])
+    parser.add_argument("models_dir", type=Path, help="folder of models, as the runtime's --models-dir")
+    parser.add_argument("model", help="the startup model's title")
+    parser.add_argument("--generate", action="store_true", help="then split the first eager image by part")
+    parser.add_argument("--steps", type=int, default=25, help="steps of the whole images")
+    args = parser.parse_args(argv)
     last = time.perf_counter()
 
     def mark(what: str) -> None:
@@ -51,9 +51,7 @@ def main(argv: list[str]) -> int:
     import uvicorn  # noqa: F401
 
     mark("import uvicorn")
-    from pathlib import Path
-
-    app = server.create_app(Path(args[0]), args[1])
+    app = server.create_app(args.models_dir, args.model)
     mark("create_app")
     from sdlab.runtime.loader import import_pipelines
 
@@ -76,8 +74,8 @@ def main(argv: list[str]) -> int:
         q = torch.randn(2, 8, 4096, 40, device="cuda", dtype=half)
         torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().item()
         mark("first SDPA")
-    if generate:
-        _first_image(app.state.runtime.registry.get(args[1]), steps, mark)
+    if args.generate:
+        _first_image(app.state.runtime.registry.get(args.model), args.steps, mark)
     print(f"{'total, from interpreter start of this module':<40} {time.perf_counter() - STARTED:7.2f} s")
     return 0
 

@@ -35,8 +35,6 @@ class TextCache:
         self.size = size
         self._rows: OrderedDict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     @classmethod
     def of(cls, pipe: Any) -> TextCache:
@@ -54,11 +52,8 @@ class TextCache:
     def get(self, key: tuple[str, int | None]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         with self._lock:
             row = self._rows.get(key)
-            if row is None:
-                self.misses += 1
-                return None
-            self._rows.move_to_end(key)
-            self.hits += 1
+            if row is not None:
+                self._rows.move_to_end(key)
             return row
 
     def put(self, key: tuple[str, int | None], row: tuple[torch.Tensor, torch.Tensor | None]) -> None:

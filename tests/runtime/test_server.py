@@ -87,10 +87,12 @@ def test_clip_skip_txt2img_and_img2img(server):
     assert skipped["images"] != plain["images"]
     assert json.loads(skipped["info"])["clip_skip"] == 2
     assert _txt2img(server, override_settings={"CLIP_stop_at_last_layers": 2})["images"] == skipped["images"]
-    resp = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [plain["images"][0]], "denoising_strength": 0.6,
-                                                  "override_settings": {"CLIP_stop_at_last_layers": 2}})
-    assert resp.status_code == 200, resp.text
-    assert json.loads(resp.json()["info"])["clip_skip"] == 2
+    img2img = {**SMALL, "init_images": [plain["images"][0]], "denoising_strength": 0.6}
+    replies = [server.post("/sdapi/v1/img2img", json={**img2img, "override_settings": {"CLIP_stop_at_last_layers": n}})
+               for n in (1, 2)]
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    assert json.loads(replies[1].json()["info"])["clip_skip"] == 2
+    assert replies[0].json()["images"] != replies[1].json()["images"]  # the skip reached img2img's embeddings too
 
 
 def test_bad_base64_names_the_field(server):
