@@ -5,7 +5,8 @@
 #   bash sdlab/bench/gpu_session.sh e2e [tasks] [in-process img/s] [batch]
 #   bash sdlab/bench/gpu_session.sh starts [batch] [eager starts]   (cold starts: eager (twice by default), compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
-#   bash sdlab/bench/gpu_session.sh probe   (where an eager start and its first image spend their seconds)
+#   bash sdlab/bench/gpu_session.sh probe [VAR=VALUE ...]   (where an eager start and its first image spend their seconds;
+#       again under each setting given)
 #   bash sdlab/bench/gpu_session.sh pair "PART ARGS" "PART ARGS"   (two parts at once, one per card; PAIR_TIMEOUT s each)
 # MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
@@ -58,7 +59,11 @@ case "${1:-}" in
     # a fresh process's start split step by step, then the first eager image split by part (text, UNet, VAE, whole)
     M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     test -f $M/sd15/model_index.json || python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
-    python3 -m sdlab.bench.start_probe $M sd15 --generate 2>&1 | grep -v -i "warn\|torchvision\|float" | tee "$OUT/probe.txt"
+    # then once more under each VAR=VALUE given (e.g. probe TORCH_CUDNN_V8_API_DISABLED=1 CUDA_MODULE_LOADING=EAGER)
+    for setting in "" "${@:2}"; do
+      echo "== probe ${setting:-(defaults)}"
+      env $setting python3 -m sdlab.bench.start_probe $M sd15 --generate 2>&1 | grep -v -i "warn\|torchvision\|float\|it/s"
+    done | tee "$OUT/probe.txt"
     ;;
   study)
     # where the UNet's time goes: each attention backend alone and in the UNet, then SD1.5 at bf16 on every side:

@@ -8,7 +8,9 @@ step. The runtime's own ``/v1/info`` ``startup`` marks time the same phases coar
 
 ``--generate`` then loads the model as the server does (eager) and splits the first image: the first and second call
 of the text encoders, the UNet (at the CFG batch) and the VAE decoder, then a whole image twice. An eager pod's first
-image takes seconds longer than its second; this shows which part pays.
+image takes seconds longer than its second; this shows which part pays. Both UNet calls are also split by module
+class (time spent in each class's own code, its submodules' time taken out), which separates the first use of cuDNN's
+convolution plans from attention, normalisation and the linear layers.
 """
 
 from __future__ import annotations
@@ -103,9 +105,11 @@ def _first_image(pipe, steps: int, mark) -> None:
             mark(f"{call} text encoding")
         x, t, ehs, added = unet_inputs(pipe, 2, size)
         for call in ("first", "second"):
-            pipe.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
-            sync()
+            with ModuleSplit(pipe.unet, sync) as split:
+                pipe.unet(x, t, encoder_hidden_states=ehs, added_cond_kwargs=added, return_dict=False)
+                sync()
             mark(f"{call} UNet call ({size}², CFG batch 2)")
+            split.report()
         z = torch.randn(1, pipe.vae.config.latent_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor,
                         device=pipe.device, dtype=pipe.vae.dtype)
         for call in ("first", "second"):
@@ -118,6 +122,46 @@ def _first_image(pipe, steps: int, mark) -> None:
                        output="uint8")
         sync()
         mark(f"{call} whole image ({steps} steps)")
+
+
+class ModuleSplit:
+    """Seconds of one forward pass by module class, each module's own time (its submodules' time taken out), with
+    the device synchronised at every module boundary so that the time lands where it was spent."""
+
+    def __init__(self, root, sync) -> None:
+        self.root, self.sync = root, sync
+        self.stack: list[list[float]] = []  # [start, children's seconds] per open module
+        self.own: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.handles: list = []
+
+    def __enter__(self) -> ModuleSplit:
+        for module in self.root.modules():
+            self.handles.append(module.register_forward_pre_hook(self._pre))
+            self.handles.append(module.register_forward_hook(self._post))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _pre(self, module, args) -> None:
+        self.sync()
+        self.stack.append([time.perf_counter(), 0.0])
+
+    def _post(self, module, args, output) -> None:
+        self.sync()
+        start, children = self.stack.pop()
+        spent = time.perf_counter() - start
+        name = type(module).__name__
+        self.own[name] = self.own.get(name, 0.0) + spent - children
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.stack:
+            self.stack[-1][1] += spent
+
+    def report(self, top: int = 8) -> None:
+        for name, seconds in sorted(self.own.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"    {name:<28} {self.calls[name]:4d} calls {seconds:7.3f} s", flush=True)
 
 
 if __name__ == "__main__":
