@@ -5,8 +5,9 @@
 #   bash sdlab/bench/gpu_session.sh e2e [tasks] [in-process img/s] [batch]
 #   bash sdlab/bench/gpu_session.sh starts [batch] [eager starts]   (cold starts: eager (twice by default), compiled cold, a new pod on the shipped cache)
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
-#   bash sdlab/bench/gpu_session.sh probe [VAR=VALUE ...]   (where an eager start and its first image spend their seconds;
-#       again under each setting given)
+#   bash sdlab/bench/gpu_session.sh probe [VAR=VALUE|--flag ...]   (where an eager start and its first image spend their
+#       seconds; again under each setting given)
+#   bash sdlab/bench/gpu_session.sh eager [starts]   (eager starts with the kernel pre-load, then without)
 #   bash sdlab/bench/gpu_session.sh pair "PART ARGS" "PART ARGS"   (two parts at once, one per card; PAIR_TIMEOUT s each)
 # MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
@@ -31,9 +32,10 @@ case "${1:-}" in
   pair)
     # two parts side by side, one per card (e.g. pair "e2e 480 9.11 16" "probe"), each under its own time limit,
     # waited for by PID (a `pgrep -f` loop would also match this command line and never end)
-    CUDA_VISIBLE_DEVICES=0 timeout "${PAIR_TIMEOUT:-540}" bash "$0" $2 > "$OUT/gpu0.txt" 2>&1 &
+    # each card its own models folder: two parts writing the same model at once would read each other's half-files
+    CUDA_VISIBLE_DEVICES=0 MODELS=${MODELS:-/tmp/sdlab-models}/card0 timeout "${PAIR_TIMEOUT:-540}" bash "$0" $2 > "$OUT/gpu0.txt" 2>&1 &
     FIRST=$!
-    CUDA_VISIBLE_DEVICES=1 timeout "${PAIR_TIMEOUT:-540}" bash "$0" $3 > "$OUT/gpu1.txt" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 MODELS=${MODELS:-/tmp/sdlab-models}/card1 timeout "${PAIR_TIMEOUT:-540}" bash "$0" $3 > "$OUT/gpu1.txt" 2>&1 &
     SECOND=$!
     wait $FIRST; echo "card 0 ($2): exit $?"
     wait $SECOND; echo "card 1 ($3): exit $?"
@@ -59,11 +61,24 @@ case "${1:-}" in
     # a fresh process's start split step by step, then the first eager image split by part (text, UNet, VAE, whole)
     M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
     test -f $M/sd15/model_index.json || python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
-    # then once more under each VAR=VALUE given (e.g. probe TORCH_CUDNN_V8_API_DISABLED=1 CUDA_MODULE_LOADING=EAGER)
+    # then once more under each VAR=VALUE or --flag given (e.g. probe --prewarm CUDA_MODULE_LOADING=EAGER)
     for setting in "" "${@:2}"; do
       echo "== probe ${setting:-(defaults)}"
-      env $setting python3 -m sdlab.bench.start_probe $M sd15 --generate 2>&1 | grep -v -i "warn\|torchvision\|float\|it/s"
+      case "$setting" in
+        --*) python3 -m sdlab.bench.start_probe $M sd15 --generate $setting ;;
+        *) env $setting python3 -m sdlab.bench.start_probe $M sd15 --generate ;;
+      esac 2>&1 | grep -v -i "warn\|torchvision\|float\|it/s"
     done | tee "$OUT/probe.txt"
+    ;;
+  eager)
+    # eager starts only: the server as shipped (the first image's kernels pre-loaded during the imports), then the
+    # same without the pre-load
+    M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
+    python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts ${2:-2} \
+      --json "$OUT/eager.json" 2>&1 | grep -v -i "warn\|torchvision"
+    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts ${2:-2} \
+      --json "$OUT/eager-noprewarm.json" -- --no-prewarm 2>&1 | grep -v -i "warn\|torchvision"
     ;;
   study)
     # where the UNet's time goes: each attention backend alone and in the UNet, then SD1.5 at bf16 on every side:
@@ -135,5 +150,5 @@ YAML
     for f in /tmp/e2e-home/logs/*.log; do echo "== $f"; grep -v "/healthz" "$f" | head -40; echo "== ... end:"; tail -8 "$f"; done \
       > "$OUT/e2e-logs.txt"
     ;;
-  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e|starts|probe|pair"; exit 2 ;;
+  *) echo "usage: $0 sd15|sdxl|study|train|serve|e2e|starts|probe|eager|pair"; exit 2 ;;
 esac

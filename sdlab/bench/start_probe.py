@@ -29,6 +29,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("model", help="the startup model's title")
     parser.add_argument("--generate", action="store_true", help="then split the first eager image by part")
     parser.add_argument("--steps", type=int, default=25, help="steps of the whole images")
+    parser.add_argument("--prewarm", action="store_true",
+                        help="pre-load the model's GPU kernels in a side thread during the imports, as the server does")
     args = parser.parse_args(argv)
     last = time.perf_counter()
 
@@ -41,6 +43,14 @@ def main(argv: list[str]) -> int:
     import torch
 
     mark("import torch")
+    prewarming = None
+    if args.prewarm:
+        import logging
+
+        from sdlab.runtime import prewarm
+
+        logging.basicConfig(level=logging.INFO, format="    (%(threadName)s) %(message)s")
+        prewarming = prewarm.start(args.models_dir / args.model, device="cuda", dtype=torch.float16)
     from sdlab.runtime import server
 
     mark("import sdlab.runtime.server")
@@ -76,6 +86,9 @@ def main(argv: list[str]) -> int:
         q = torch.randn(2, 8, 4096, 40, device="cuda", dtype=half)
         torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().item()
         mark("first SDPA")
+    if prewarming is not None:
+        prewarming.join()
+        mark("the pre-load's end awaited")
     if args.generate:
         _first_image(app.state.runtime.registry.get(args.model), args.steps, mark)
     print(f"{'total, from interpreter start of this module':<40} {time.perf_counter() - STARTED:7.2f} s")

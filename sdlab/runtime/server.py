@@ -35,9 +35,16 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdlab.errors import ModelError, ValidationError
-from sdlab.runtime import comfy_api, extras, native_api, optimize, samplers
+from sdlab.runtime import comfy_api, extras, native_api, optimize, prewarm, samplers
 from sdlab.runtime.batch import BatchItem, BatchKey, BatchOutput, BatchQueue, Job, generate_batch
-from sdlab.runtime.loader import ModelNotFoundError, ModelRegistry, import_pipelines, with_scheduler
+from sdlab.runtime.loader import (
+    ModelNotFoundError,
+    ModelRegistry,
+    import_pipelines,
+    resolve_device,
+    resolve_dtype,
+    with_scheduler,
+)
 from sdlab.runtime.preview import LivePreview
 from sdlab.runtime.text import prompt_embeds
 
@@ -777,6 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=None, help="images per batch (default: from the card's memory)")
     parser.add_argument("--max-batch-wait-ms", type=float, default=50.0, help="how long a task waits for batch company")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--prewarm", action=argparse.BooleanOptionalAction, default=True,
+                        help="load the startup model's GPU kernels in a side thread during the imports (default: on)")
     optimize.add_arguments(parser)
     args = parser.parse_args(argv)
     started = _process_age_seconds()  # the interpreter and this module's imports (torch) took this long
@@ -784,6 +793,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stdout, level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        optimizations = optimize.from_args(args)
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(optimizations.dtype, device)
+    except (ModelError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    # the first image's GPU kernels load in a side thread while diffusers and transformers import (see prewarm.py)
+    if args.prewarm:
+        folder = args.models_dir / args.model if args.model else None
+        prewarm.start(folder if folder is not None and folder.is_dir() else None, device=device, dtype=dtype)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -800,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             max_loaded=args.max_loaded,
             single_file_config=args.single_file_config,
-            optimizations=optimize.from_args(args),
+            optimizations=optimizations,
             max_batch=args.max_batch,
             max_batch_wait_ms=args.max_batch_wait_ms,
         )

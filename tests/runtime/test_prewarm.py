@@ -1,0 +1,52 @@
+"""The kernel pre-load runs the attention shapes a model's first image really uses: every scaled-dot-product call of
+a real txt2img (recorded at torch's SDPA entry point) is one of the shapes read from the model's config files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdlab.runtime import prewarm
+from sdlab.runtime.batch import BatchItem, generate_batch
+from sdlab.runtime.loader import load_pipeline
+
+ROOT = prewarm.Path(__file__).resolve().parents[2]
+
+
+def _recorded(pipe, monkeypatch) -> set[prewarm.AttentionShape]:
+    """The attention calls of one 2-step txt2img at the model's native size (batch 1, CFG)."""
+    seen: set[prewarm.AttentionShape] = set()
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def record(q, k, v, *args, **kwargs):
+        batch, heads, q_len, width = q.shape
+        seen.add(prewarm.AttentionShape(batch, heads, q_len, k.shape[2], width, bool(kwargs.get("is_causal"))))
+        assert kwargs.get("attn_mask") is None  # the pre-load runs no masks; a masked call would need another kernel
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", record)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    generate_batch(pipe, [BatchItem("two red squares", seed=1)], steps=2, width=side, height=side, output="uint8")
+    return seen
+
+
+@pytest.fixture(scope="module")
+def folders(models_dir, tmp_path_factory):
+    from sdlab.bench.models import save
+
+    xl = save("tiny-xl", tmp_path_factory.mktemp("prewarm") / "xl", dtype=torch.float32)
+    return {"shapes": ROOT / "sdlab" / "shapes" / "model", "tiny": models_dir / "tiny-a", "tiny-xl": xl}
+
+
+@pytest.mark.parametrize("name", ["shapes", "tiny", "tiny-xl"])
+def test_preloaded_shapes_are_the_first_images_attention_calls(folders, name, monkeypatch):
+    folder = folders[name]
+    expected = set(prewarm.attention_shapes(folder))
+    got = _recorded(load_pipeline(folder, device="cpu"), monkeypatch)
+    assert got == expected, (sorted(got - expected, key=str), sorted(expected - got, key=str))
+    assert any(s.causal for s in got) and any(s.kv_len == prewarm.TEXT_TOKENS and not s.causal for s in got)
+
+
+def test_single_file_checkpoints_have_no_shapes_and_cpu_gets_no_thread(models_dir):
+    assert prewarm.attention_shapes(models_dir / "tiny-a-single.safetensors") == []
+    assert prewarm.start(models_dir / "tiny-a", device="cpu", dtype=torch.float32) is None
