@@ -7,7 +7,7 @@
 #   bash sdlab/bench/gpu_session.sh train SECONDS [INIT_MODEL]   (the shapes model; see docs/model.md)
 #   bash sdlab/bench/gpu_session.sh probe [VAR=VALUE|--flag ...]   (where an eager start and its first image spend their
 #       seconds; again under each setting given)
-#   bash sdlab/bench/gpu_session.sh eager [starts]   (eager starts with the kernel pre-load, then without)
+#   bash sdlab/bench/gpu_session.sh eager [rounds]   (eager starts alternating without and with the kernel pre-load)
 #   bash sdlab/bench/gpu_session.sh pair "PART ARGS" "PART ARGS"   (two parts at once, one per card; PAIR_TIMEOUT s each)
 # MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
@@ -71,14 +71,17 @@ case "${1:-}" in
     done | tee "$OUT/probe.txt"
     ;;
   eager)
-    # eager starts only: the server as shipped (the first image's kernels pre-loaded during the imports), then the
-    # same without the pre-load
+    # eager starts, one process each, alternating with and without the kernel pre-load (ROUNDS times), so that the
+    # page cache and the machine's other load fall on both alike; one JSON row per start in eager.jsonl
     M=${MODELS:-/tmp/sdlab-models}; mkdir -p $M
-    python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
-    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts ${2:-2} \
-      --json "$OUT/eager.json" 2>&1 | grep -v -i "warn\|torchvision"
-    python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts ${2:-2} \
-      --json "$OUT/eager-noprewarm.json" -- --no-prewarm 2>&1 | grep -v -i "warn\|torchvision"
+    test -f $M/sd15/model_index.json || python3 -c "from sdlab.bench.models import save_sd15; save_sd15('$M/sd15', device='cuda')" || exit 1
+    for round in $(seq ${2:-3}); do
+      for flag in --no-prewarm --prewarm; do
+        python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 300 --eager-starts 1 \
+          --json /tmp/eager-start.json -- $flag > /dev/null 2>&1
+        python3 -c "import json; print(json.dumps(json.load(open('/tmp/eager-start.json'))[0]))" | tee -a "$OUT/eager.jsonl"
+      done
+    done
     ;;
   study)
     # where the UNet's time goes: each attention backend alone and in the UNet, then SD1.5 at bf16 on every side:
