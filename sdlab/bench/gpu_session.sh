@@ -56,6 +56,8 @@ case "${1:-}" in
     python3 -m sdlab bench coldstart --models-dir $M --model sd15 --timeout 400 --eager-starts ${3:-2} --compiled --batch ${2:-16} \
       --json "$OUT/starts.json" 2>&1 | tee "$OUT/starts.log"
     ls -la $M/sd15/compile-cache
+    # where each compiled start's warm-up went (first and second call per bucket, text graphs, dynamo's phases)
+    python3 -c "import json; [print(r['start'], json.dumps((r.get('startup') or {}).get('warmup_split'))) for r in json.load(open('$OUT/starts.json'))]"
     ;;
   probe)
     # a fresh process's start split step by step, then the first eager image split by part (text, UNet, VAE, whole)

@@ -350,27 +350,52 @@ def settings_of(pipe: Any) -> Optimizations:
     return getattr(pipe, "_sdlab_optimizations", None) or Optimizations()
 
 
-def warmup(pipe: Any, *, batch_sizes: tuple[int, ...] | list[int], width: int, height: int, steps: int = 2) -> float:
+def warmup(pipe: Any, *, batch_sizes: tuple[int, ...] | list[int], width: int, height: int, steps: int = 2,
+           split: dict[str, Any] | None = None) -> float:
     """Run a throw-away generation per batch size so compilation happens before the first real task.
 
     Returns the seconds it took. Cheap without compile; with compile this is where its minutes go
-    (seconds when the cache is warm).
+    (seconds when the cache is warm). ``split``, when given, receives where they went: each batch size's first call
+    (dynamo's trace and inductor's compile or cache load) and second call (CUDA graph recording), the text graphs'
+    capture, and dynamo's own compile-time metrics over the warm-up (seconds per phase, those over 0.05 s).
     """
     from sdlab.runtime.batch import BatchItem, generate_batch
 
+    before = _dynamo_seconds()
     started = time.perf_counter()
     pipe._sdlab_warming = True  # unet_for records each shape compiled here
     try:
         for n in batch_sizes:
             items = [BatchItem(prompt="warm-up", seed=i) for i in range(n)]
-            for _ in range(2):  # CUDA graph trees record on the second call of a shape
+            for call in ("first", "second"):  # CUDA graph trees record on the second call of a shape
+                began = time.perf_counter()
                 generate_batch(pipe, items, steps=steps, width=width, height=height, output="uint8")
+                if split is not None:
+                    _synchronize(pipe)
+                    split[f"batch {n} {call} call s"] = round(time.perf_counter() - began, 2)
     finally:
         pipe._sdlab_warming = False
+    began = time.perf_counter()
     capture_text_graphs(pipe)
+    _synchronize(pipe)
+    if split is not None:
+        split["text graphs s"] = round(time.perf_counter() - began, 2)
+        after = _dynamo_seconds()
+        spent = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
+        split["dynamo"] = dict(sorted(((k, v) for k, v in spent.items() if v >= 0.05), key=lambda kv: -kv[1]))
+    return time.perf_counter() - started
+
+
+def _synchronize(pipe: Any) -> None:
     if pipe.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - started
+
+
+def _dynamo_seconds() -> dict[str, float]:
+    """Dynamo's compile-time metrics so far: seconds per phase (tracing, the backend compile, cache loads...)."""
+    from torch._dynamo import utils
+
+    return {name: float(sum(times)) for name, times in getattr(utils, "compilation_time_metrics", {}).items()}
 
 
 def capture_text_graphs(pipe: Any) -> None:

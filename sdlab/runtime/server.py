@@ -281,10 +281,11 @@ class Runtime:
         side = pipe.unet.config.sample_size * pipe.vae_scale_factor
         key = BatchKey(model=title, width=side, height=side)
         sizes = [b for b in opts.batch_buckets if b <= self.max_batch_for(key)] or [1]
+        split: dict[str, Any] = {}
         with self.lock:
-            seconds = optimize.warmup(pipe, batch_sizes=sizes, width=side, height=side)
+            seconds = optimize.warmup(pipe, batch_sizes=sizes, width=side, height=side, split=split)
         shipped = bool(getattr(pipe, "_sdlab_cache_shipped", False))
-        self.startup |= {"warmup_s": round(seconds, 2), "compile_cache_shipped": shipped}
+        self.startup |= {"warmup_s": round(seconds, 2), "compile_cache_shipped": shipped, "warmup_split": split}
         logger.info("compiled %s for %dx%d, batches %s, in %.1f s (compile cache shipped with the model: %s)",
                     title, side, side, sizes, seconds, "loaded" if shipped else "none")
         saved = optimize.save_compile_cache(opts.cache_dir)

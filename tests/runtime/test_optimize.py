@@ -104,8 +104,12 @@ def test_only_shapes_compiled_at_start_run_compiled_others_run_eagerly(models_di
     pipe = load_pipeline(models_dir / "tiny-a", device="cpu")
     eager_pictures = generate_batch(pipe, ITEMS[:1], steps=2, width=48, height=48, output="uint8").images
     pipe.unet = torch.compile(pipe.unet, backend="eager", fullgraph=True, dynamic=False)
-    optimize.warmup(pipe, batch_sizes=[1], width=64, height=64)
+    split: dict = {}
+    optimize.warmup(pipe, batch_sizes=[1], width=64, height=64, split=split)
     assert pipe._sdlab_compiled_shapes == {(2, 4, 8, 8)}  # one image, CFG: two UNet rows
+    # where the warm-up went: the first call traced (dynamo's own metrics say so), the second did not
+    assert split["batch 1 first call s"] > split["batch 1 second call s"] > 0 and "text graphs s" in split
+    assert split["dynamo"]["_compile.compile_inner"] > 0
     graphs = counters["stats"]["unique_graphs"]
     generate_batch(pipe, ITEMS[:1], steps=2, width=64, height=64, output="uint8")  # compiled at start: no new graph
     assert counters["stats"]["unique_graphs"] == graphs
