@@ -85,8 +85,8 @@ def _run(shapes: list[AttentionShape], device: str, dtype: torch.dtype) -> float
     with torch.inference_mode():
         a = torch.randn(256, 256, device=device, dtype=dtype)
         (a @ a).sum()
-        conv = torch.nn.Conv2d(4, 32, 3, padding=1).to(device, dtype, memory_format=torch.channels_last)
-        conv(torch.randn(2, 4, 32, 32, device=device, dtype=dtype).to(memory_format=torch.channels_last))
+        conv = torch.nn.Conv2d(4, 32, 3, padding=1).to(device, dtype)
+        conv(torch.randn(2, 4, 32, 32, device=device, dtype=dtype))
         for s in shapes:
             # the layout the models' attention hands over: (batch, tokens, heads, width) viewed as (batch, heads, ...)
             q = torch.randn(s.batch, s.q_len, s.heads, s.head_dim, device=device, dtype=dtype).transpose(1, 2)
