@@ -9,8 +9,9 @@ step. The runtime's own ``/v1/info`` ``startup`` marks time the same phases coar
 ``--generate`` then loads the model as the server does (eager) and splits the first image: the first and second call
 of the text encoders, the UNet (at the CFG batch) and the VAE decoder, then a whole image twice. An eager pod's first
 image takes seconds longer than its second; this shows which part pays. Both UNet calls are also split by module
-class (time spent in each class's own code, its submodules' time taken out), which separates the first use of cuDNN's
-convolution plans from attention, normalisation and the linear layers.
+class (time spent in each class's own code, its submodules' time taken out), which shows the kind of layer whose first
+use pays: attention, on a fresh H200 machine (docs/benchmarks.md). ``--prewarm`` starts the server's kernel pre-load
+(sdlab/runtime/prewarm.py) right after ``import torch`` and waits for its end before the first image.
 """
 
 from __future__ import annotations
