@@ -98,20 +98,25 @@ def _run(shapes: list[AttentionShape], device: str, dtype: torch.dtype) -> float
     return time.perf_counter() - started
 
 
+def preload(model_dir: str | Path | None, *, device: str, dtype: torch.dtype) -> float | None:
+    """Run ``model_dir``'s attention shapes, a matmul and a convolution once on ``device``; the seconds it took, or
+    None when it stopped. Failures are logged, never raised: this only saves time, and the first image loads
+    whatever this did not."""
+    try:  # a config this reading does not know (a missing key, say) must not stop the server
+        shapes = attention_shapes(model_dir) if model_dir is not None else []
+        seconds = _run(shapes, device, dtype)
+    except Exception as exc:
+        logger.warning("GPU kernel pre-load stopped: %s: %s", type(exc).__name__, exc)
+        return None
+    logger.info("GPU kernels pre-loaded (%d attention shapes, %s) in %.2f s", len(shapes), dtype, seconds)
+    return seconds
+
+
 def start(model_dir: str | Path | None, *, device: str, dtype: torch.dtype) -> threading.Thread | None:
-    """Begin loading the kernels of ``model_dir``'s first image on ``device`` in a daemon thread; None off CUDA.
-    Failures are logged, never raised: this only saves time."""
+    """:func:`preload` in a daemon thread, begun now; None off CUDA (a CPU has no kernels to load)."""
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return None
-    shapes = attention_shapes(model_dir) if model_dir is not None else []
-
-    def work() -> None:
-        try:
-            seconds = _run(shapes, device, dtype)
-            logger.info("GPU kernels pre-loaded (%d attention shapes, %s) in %.2f s", len(shapes), dtype, seconds)
-        except Exception as exc:  # a card or backend that cannot run a shape: the first image loads it instead
-            logger.warning("GPU kernel pre-load stopped: %s", exc)
-
-    thread = threading.Thread(target=work, name="sdlab-prewarm", daemon=True)
+    thread = threading.Thread(target=preload, args=(model_dir,), kwargs={"device": device, "dtype": dtype},
+                              name="sdlab-prewarm", daemon=True)
     thread.start()
     return thread

@@ -50,3 +50,19 @@ def test_preloaded_shapes_are_the_first_images_attention_calls(folders, name, mo
 def test_single_file_checkpoints_have_no_shapes_and_cpu_gets_no_thread(models_dir):
     assert prewarm.attention_shapes(models_dir / "tiny-a-single.safetensors") == []
     assert prewarm.start(models_dir / "tiny-a", device="cpu", dtype=torch.float32) is None
+
+
+def test_preload_runs_every_shape_and_a_config_it_cannot_read_only_logs(models_dir, tmp_path, caplog, monkeypatch):
+    ran = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: ran.append((q.shape, k.shape)) or real(q, k, v, **kw))
+    with caplog.at_level("INFO", logger="sdlab.runtime.prewarm"):
+        assert prewarm.preload(models_dir / "tiny-a", device="cpu", dtype=torch.float32) > 0
+    assert len(ran) == len(prewarm.attention_shapes(models_dir / "tiny-a")) and "pre-loaded" in caplog.text
+    broken = tmp_path / "broken" / "unet"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text('{"sample_size": 64}')  # no block_out_channels
+    with caplog.at_level("WARNING", logger="sdlab.runtime.prewarm"):
+        assert prewarm.preload(broken.parent, device="cpu", dtype=torch.float32) is None
+    assert "pre-load stopped: KeyError" in caplog.text and "block_out_channels" in caplog.text
