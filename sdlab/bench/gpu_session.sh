@@ -9,7 +9,8 @@
 #       seconds; again under each setting given)
 #   bash sdlab/bench/gpu_session.sh eager [rounds]   (eager starts alternating without and with the kernel pre-load)
 #   bash sdlab/bench/gpu_session.sh pair "PART ARGS" "PART ARGS"   (two parts at once, one per card; PAIR_TIMEOUT s each)
-# MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models).
+# MODELS= picks the folder the random-weight models are written to (default /tmp/sdlab-models; under pair, its card0/
+# and card1/ subfolders).
 # Two parts can share a two-GPU machine, one per card: CUDA_VISIBLE_DEVICES=0 ... train 500 & CUDA_VISIBLE_DEVICES=1 ... study
 set -u
 OUT=${OUT:-/tmp/sdlab-out}
