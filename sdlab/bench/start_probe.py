@@ -49,9 +49,10 @@ def main(argv: list[str]) -> int:
         import logging
 
         from sdlab.runtime import prewarm
+        from sdlab.runtime.loader import resolve_dtype
 
         logging.basicConfig(level=logging.INFO, format="    (%(threadName)s) %(message)s")
-        prewarming = prewarm.start(args.models_dir / args.model, device="cuda", dtype=torch.float16)
+        prewarming = prewarm.start(args.models_dir / args.model, device="cuda", dtype=resolve_dtype(None, "cuda"))
     from sdlab.runtime import server
 
     mark("import sdlab.runtime.server")

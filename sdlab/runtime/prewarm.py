@@ -1,13 +1,16 @@
 """Load the GPU kernels a model's first image needs while Python is still importing diffusers and transformers.
 
-A fresh process loads each CUDA kernel on its first use (``CUDA_MODULE_LOADING=LAZY``, the default), and cuDNN's
-fused attention kernels are heavy to load: on an H200 the first eager SD1.5 UNet call took 3.0 s, 2.7 s of it in
-attention, against 0.05 s for the second call (``python -m sdlab.bench.start_probe``). Loaded kernels belong to the
-process, not the thread, so a side thread that runs each of the model's attention shapes once (plus a matmul and a
-convolution) while the main thread spends its ~8 s importing takes that cost off the first image. The shapes come
-from the model's own config files, read as JSON: nothing here needs diffusers.
+A process loads each CUDA kernel on its first use (``CUDA_MODULE_LOADING=LAZY``, the default), and the first process
+on a machine reads cuDNN's fused attention kernels from disk: on fresh H200 machines the first eager SD1.5 UNet call
+took 3.0–4.2 s, 2.7 s of it in attention, against 0.05 s for the second call and 0.7–0.9 s for the first call of a
+later process (``python -m sdlab.bench.start_probe``; docs/benchmarks.md). A pod on a node just launched is such a
+first process. Loaded kernels belong to the process, not the thread, so a side thread that runs each of the model's
+attention shapes once (plus a matmul and a convolution) while the main thread spends its ~8 s importing takes that
+cost off the first image (0.96 s for the first UNet call of a fresh machine with it). The shapes come from the
+model's own config files, read as JSON: nothing here needs diffusers.
 
-The work runs with the GIL released (torch's operators drop it), so the imports beside it are not held up.
+Torch's operators release the GIL, so the imports beside the work go on; with the disk cache already warm, starts
+with and without the pre-load measured the same within their spread.
 """
 
 from __future__ import annotations
@@ -42,14 +45,14 @@ def _per_block(value: int | list[int], blocks: int) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * blocks
 
 
-def attention_shapes(model_dir: str | Path, *, batch: int = 1, cfg: bool = True) -> list[AttentionShape]:
+def attention_shapes(model_dir: str | Path) -> list[AttentionShape]:
     """The attention calls of one txt2img image of the diffusers folder ``model_dir`` at its native size: the text
     encoders (prompt and negative prompt together), the UNet's self- and cross-attention at each level that has
     attention (the CFG batch), and the VAE decoder's mid-block attention. Empty when the folder has no configs
     (a single-file checkpoint)."""
     root = Path(model_dir)
     shapes: set[AttentionShape] = set()
-    rows = batch * (2 if cfg else 1)
+    rows = 2  # one image with CFG: the prompt's row and the negative prompt's
     for config_file in sorted(root.glob("text_encoder*/config.json")):
         config = json.loads(config_file.read_text())
         heads = config["num_attention_heads"]

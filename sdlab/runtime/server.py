@@ -802,9 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     # the first image's GPU kernels load in a side thread while diffusers and transformers import (see prewarm.py)
-    if args.prewarm:
-        folder = args.models_dir / args.model if args.model else None
-        prewarm.start(folder if folder is not None and folder.is_dir() else None, device=device, dtype=dtype)
+    if args.prewarm:  # a single-file checkpoint has no configs: only the matmul and the convolution run
+        prewarm.start(args.models_dir / args.model if args.model else None, device=device, dtype=dtype)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -817,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(
             args.models_dir,
             args.model,
-            device=args.device,
+            device=device,
             dtype=args.dtype,
             max_loaded=args.max_loaded,
             single_file_config=args.single_file_config,

@@ -3,6 +3,8 @@ a real txt2img (recorded at torch's SDPA entry point) is one of the shapes read 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from sdlab.runtime import prewarm
 from sdlab.runtime.batch import BatchItem, generate_batch
 from sdlab.runtime.loader import load_pipeline
 
-ROOT = prewarm.Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recorded(pipe, monkeypatch) -> set[prewarm.AttentionShape]:
@@ -18,11 +20,11 @@ def _recorded(pipe, monkeypatch) -> set[prewarm.AttentionShape]:
     seen: set[prewarm.AttentionShape] = set()
     real = torch.nn.functional.scaled_dot_product_attention
 
-    def record(q, k, v, *args, **kwargs):
+    def record(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
         batch, heads, q_len, width = q.shape
-        seen.add(prewarm.AttentionShape(batch, heads, q_len, k.shape[2], width, bool(kwargs.get("is_causal"))))
-        assert kwargs.get("attn_mask") is None  # the pre-load runs no masks; a masked call would need another kernel
-        return real(q, k, v, *args, **kwargs)
+        seen.add(prewarm.AttentionShape(batch, heads, q_len, k.shape[2], width, bool(is_causal)))
+        assert attn_mask is None  # the pre-load runs no masks; a masked call would need another kernel
+        return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", record)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
